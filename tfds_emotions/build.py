@@ -1,0 +1,91 @@
+r"""Builds the `emotions` dataset without TensorFlow.
+
+  python -m tfds_emotions.build --config=full --manual_dir=RAW --data_dir=DATA
+  python -m tfds_emotions.build --config=synthetic --data_dir=DATA
+
+Then `tfds.data_source('emotions/full', data_dir=DATA)`. With `--file_format=tfrecord` (needs
+TensorFlow to read) `tfds.load('emotions/full', data_dir=DATA)` works as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+
+import tfds_emotions  # noqa: F401 - registers the builders.
+
+_CONFIG = flags.DEFINE_string("config", "full", "Builder config: full, balanced, test_oriented, synthetic.")
+_DATASET = flags.DEFINE_string("dataset", "emotions", "Registered builder name.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "The user's copy of the dataset.")
+_DATA_DIR = flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"), "Output root.")
+_FILE_FORMAT = flags.DEFINE_enum("file_format", "array_record", ["array_record", "tfrecord"], "Output format.")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Decoding processes (default: all cores).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
+_VIDEO_COLUMN = flags.DEFINE_string("video_column", None, "Parquet column with video bytes (auto-detected).")
+_LABEL_COLUMN = flags.DEFINE_string("label_column", None, "Parquet column with the label (auto-detected).")
+_ID_COLUMN = flags.DEFINE_string("id_column", None, "Parquet column with the video id (auto-detected).")
+
+
+def build(
+    config: str,
+    data_dir: str,
+    manual_dir: str | None = None,
+    *,
+    dataset: str = "emotions",
+    file_format: str = "array_record",
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    **builder_kwargs,
+):
+    """Builds (or reuses) a dataset and returns its builder; the library form of this command."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(
+        f"{dataset}/{config}", data_dir=data_dir, file_format=file_format, num_workers=num_workers, **builder_kwargs
+    )
+    mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    if overwrite:
+        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+    )
+    return builder
+
+
+def main(argv):
+    del argv
+    builder = build(
+        _CONFIG.value,
+        _DATA_DIR.value,
+        _MANUAL_DIR.value,
+        dataset=_DATASET.value,
+        file_format=_FILE_FORMAT.value,
+        num_workers=_NUM_WORKERS.value,
+        overwrite=_OVERWRITE.value,
+        video_column=_VIDEO_COLUMN.value,
+        label_column=_LABEL_COLUMN.value,
+        id_column=_ID_COLUMN.value,
+    )
+    report_path = os.path.join(os.fspath(builder.data_path), "build_report.json")
+    summary = {name: split.num_examples for name, split in builder.info.splits.items()}
+    logging.info("built %s at %s: %s", builder.info.full_name, builder.data_path, summary)
+    if os.path.exists(report_path):
+        with open(report_path, encoding="utf-8") as fh:
+            report = json.load(fh)
+        print(
+            json.dumps(
+                {
+                    "dataset": builder.info.full_name,
+                    "path": os.fspath(builder.data_path),
+                    "examples": summary,
+                    "not_used": report["not_used"]["counts"],
+                    "per_split": {s: r["counts"] for s, r in report["splits"].items()},
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)

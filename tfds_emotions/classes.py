@@ -1,0 +1,42 @@
+"""Emotion class names and their polarities, shared by the builders, the loss and the metrics.
+
+Index order is part of the dataset format: eMotions classes are sorted alphabetically (SPEC §1), so a
+label index means the same thing in a stored example, a config and a confusion matrix.
+"""
+
+from __future__ import annotations
+
+POLARITIES = ("positive", "neutral", "negative")
+
+EMOTIONS_CLASSES = ("Excitation", "Fear", "Neutral", "Relaxation", "Sadness", "Tension")
+EMOTIONS_POLARITY = {
+    "Excitation": "positive",
+    "Fear": "negative",
+    "Neutral": "neutral",
+    "Relaxation": "positive",
+    "Sadness": "negative",
+    "Tension": "negative",
+}
+
+# Spellings seen in the raw release and in user copies, mapped to the canonical class name.
+_ALIASES = {"sad": "Sadness"}
+
+
+def canonical_class(name: str, classes: tuple[str, ...] = EMOTIONS_CLASSES) -> str | None:
+    """Returns the canonical spelling of a class folder or label name, or None when unknown.
+
+    Matching ignores case so that `excitation/` and `Excitation/` are the same class, and accepts the
+    release's "Sad" for "Sadness". Unknown names return None rather than a guess: a video is never
+    filed under a class it was not labelled with.
+    """
+    key = name.strip().lower()
+    for c in classes:
+        if c.lower() == key:
+            return c
+    alias = _ALIASES.get(key)
+    return alias if alias in classes else None
+
+
+def polarity_index(class_name: str, polarity_map: dict[str, str] = EMOTIONS_POLARITY) -> int:
+    """Index into POLARITIES of a class's polarity."""
+    return POLARITIES.index(polarity_map[class_name])

@@ -1,0 +1,259 @@
+"""The `emotions` TFDS builder: a user's copy of eMotions (or the synthetic stand-in) into ArrayRecord.
+
+Build it with `python -m tfds_emotions.build` (no TensorFlow needed) and read it with
+`tfds.data_source('emotions/full', data_dir=...)`. Videos are decoded in a pool of worker processes;
+examples come back in key order and TFDS orders them by key hash, so the output files are byte-identical
+whatever the number of workers. Anything in the manual directory that does not become an example is
+counted in `build_report.json`, written next to the dataset files.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tfds_emotions import media, sources, splits, synthetic
+from tfds_emotions.classes import EMOTIONS_CLASSES, EMOTIONS_POLARITY, POLARITIES, polarity_index
+from tfds_emotions.parallel import ordered_map
+
+_DESCRIPTION = """\
+eMotions (arXiv 2508.06902): 27,996 short-form videos (Douyin, Kuaishou, TikTok) labelled with one of six
+emotions. Each example stores the video's frames (upright, short side 112, JPEG), its MFCC features
+(44.1 kHz mono, 32 coefficients) with a `has_audio` flag, the label, its polarity and source metadata.
+"""
+
+_MANUAL = """\
+Download eMotions yourself (Hugging Face `Conna/eMotions`, academic use only) and pass its folder as
+--manual_dir. Accepted layouts: class folders of videos (`<Class>/<id>.mp4`); the authors' processed
+layout (`eMotions_imgs/<Class>/<id>/000001.jpg` + `eMotions_mp3/<Class>/<id>.mp3`); parquet shards with
+a video-bytes column and a label column. Optional split files: UCF101-style `classInd.txt`,
+`trainlist01.txt`, `testlist01.txt`, or an ActivityNet-style JSON.
+"""
+
+
+@dataclasses.dataclass(eq=False)
+class EmotionsConfig(tfds.core.BuilderConfig):
+    """One way of building the dataset.
+
+    Attributes:
+      variant: "full", "balanced" or "test_oriented" (see `splits.assign`).
+      synthetic_clips_per_class: > 0 builds the generated stand-in instead of reading a manual dir.
+      media_options: decoding and storage options (frames kept, resolution, audio features).
+      fractions: train/validation/test fractions used when no split files are given.
+      validation_fraction_of_train: share of the train list carved out as validation with split files.
+      split_number: which UCF101-style split lists to read (`trainlistNN.txt`).
+      seed: seed of every sampling draw.
+    """
+
+    variant: str = "full"
+    synthetic_clips_per_class: int = 0
+    media_options: media.MediaOptions = media.MediaOptions()
+    fractions: tuple[tuple[str, float], ...] = (("train", 0.7), ("validation", 0.1), ("test", 0.2))
+    validation_fraction_of_train: float = 0.125
+    split_number: int = 1
+    seed: int = 0
+
+
+def _process(task: tuple[sources.Item, bytes | None, media.MediaOptions, dict[str, str], tuple[str, ...]]):
+    """Worker: one item to (key, example) or (key, MediaError). Top-level so that it pickles."""
+    item, payload, opts, polarity_map, classes = task
+    try:
+        if item.kind == "frames":
+            fields = media.decode_frame_folder(sources.frame_files(item.path), item.audio_path, opts)
+        else:
+            fields = media.decode_video(payload if item.kind == "parquet" else item.path, opts)
+    except media.MediaError as e:
+        return item.key, e
+    except Exception as e:  # noqa: BLE001 - a decoder bug on one file must not kill a day-long build.
+        logging.exception("unexpected error decoding %s", item.key)
+        return item.key, media.MediaError("decoder_exception", f"{type(e).__name__}: {e}")
+    warnings = fields.pop("_warnings")
+    example = {
+        "video_id": item.key,
+        "label": classes.index(item.label),
+        "polarity": polarity_index(item.label, polarity_map),
+        **fields,
+    }
+    return item.key, (example, warnings)
+
+
+class Emotions(tfds.core.GeneratorBasedBuilder):
+    """eMotions short-form video emotion dataset (six classes), and a synthetic stand-in."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release: frames as JPEG at short side 112, MFCC [T, 32]."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
+    CLASSES: tuple[str, ...] = EMOTIONS_CLASSES
+    POLARITY: dict[str, str] = EMOTIONS_POLARITY
+    BUILDER_CONFIGS = [
+        EmotionsConfig(name="full", description="All videos; seeded stratified 70/10/20 split."),
+        EmotionsConfig(name="balanced", variant="balanced", description="Category-balanced (our reconstruction)."),
+        EmotionsConfig(
+            name="test_oriented", variant="test_oriented", description="Class-balanced test set (our reconstruction)."
+        ),
+        EmotionsConfig(
+            name="synthetic",
+            synthetic_clips_per_class=50,
+            description="300 generated clips whose labels need both audio and video; for demos and tests.",
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "full"
+
+    def __init__(
+        self,
+        *,
+        num_workers: int | None = None,
+        video_column: str | None = None,
+        label_column: str | None = None,
+        id_column: str | None = None,
+        **kwargs: Any,
+    ):
+        """Args beyond TFDS's: worker processes (default: all cores) and parquet column names."""
+        self._num_workers = num_workers or os.cpu_count() or 1
+        self._columns = {"video_column": video_column, "label_column": label_column, "id_column": id_column}
+        self._report: dict[str, Any] = {}
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        opts = self.builder_config.media_options
+        return self.dataset_info_from_configs(
+            description=_DESCRIPTION,
+            features=tfds.features.FeaturesDict(
+                {
+                    "video_id": tfds.features.Text(doc="Class/id, unique within the dataset."),
+                    "label": tfds.features.ClassLabel(names=self.CLASSES),
+                    "polarity": tfds.features.ClassLabel(names=POLARITIES),
+                    # JPEG bytes encoded by the builder itself, so neither build nor read needs TensorFlow.
+                    "frames": tfds.features.Sequence(tfds.features.Scalar(np.object_), doc="JPEG frames."),
+                    "timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float32, doc="Frame times (s)."),
+                    "audio": tfds.features.Tensor(
+                        shape=(None, opts.audio_dim), dtype=np.float32, doc=f"{opts.audio_features} [T, D], untiled."
+                    ),
+                    "has_audio": tfds.features.Scalar(np.bool_),
+                    "source": tfds.features.FeaturesDict(
+                        {
+                            "fps": np.float32,
+                            "num_frames": np.int32,
+                            "duration": np.float32,
+                            "width": np.int32,
+                            "height": np.int32,
+                        }
+                    ),
+                }
+            ),
+            supervised_keys=None,
+            homepage="https://arxiv.org/abs/2508.06902",
+        )
+
+    # -----------------------------------------------------------------------------------------------------
+
+    def _source_root(self, dl_manager: tfds.download.DownloadManager) -> str:
+        cfg = self.builder_config
+        if cfg.synthetic_clips_per_class:
+            root = os.path.join(
+                dl_manager.download_dir, f"emotions_synthetic_{cfg.synthetic_clips_per_class}_{cfg.seed}"
+            )
+            return synthetic.write_dataset(root, cfg.synthetic_clips_per_class, cfg.seed)
+        return os.fspath(dl_manager.manual_dir)
+
+    def _discover(self, root: str) -> tuple[list[sources.Item], list[sources.Skip]]:
+        processed = sources.find_processed_layout(root)
+        if processed is not None:
+            items, skips = sources.discover_frame_folders(*processed, self.CLASSES)
+        elif any(p.endswith(".parquet") for _, _, fs in os.walk(root) for p in fs):
+            items, skips = sources.discover_parquet(root, self.CLASSES, **self._columns)
+        else:
+            items, skips = sources.discover_videos(root, self.CLASSES)
+        items, dup = splits.dedupe(sorted(items, key=lambda it: (it.key, it.path, it.row)))
+        if not items:
+            raise ValueError(f"no usable videos found under {root} (classes: {list(self.CLASSES)})")
+        return items, skips + dup
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        cfg = self.builder_config
+        root = self._source_root(dl_manager)
+        items, skips = self._discover(root)
+        lists = sources.read_ucf_lists(root, self.CLASSES, cfg.split_number) or sources.read_activitynet_json(
+            root, self.CLASSES
+        )
+        by_split, more = splits.assign(
+            items,
+            lists,
+            variant=cfg.variant,
+            fractions=dict(cfg.fractions),
+            validation_fraction_of_train=cfg.validation_fraction_of_train,
+            seed=cfg.seed,
+        )
+        self._report = {
+            "config": cfg.name,
+            "source": root,
+            "split_files": lists.source if lists else None,
+            "discovered": len(items),
+            "not_used": _summarise(skips + more),
+            "splits": {},
+        }
+        logging.info("%s: %d videos found, %d not used", cfg.name, len(items), len(skips) + len(more))
+        return {name: self._generate_examples(name, its) for name, its in by_split.items() if its}
+
+    def _tasks(self, items: Sequence[sources.Item]):
+        opts, polarity, classes = self.builder_config.media_options, dict(self.POLARITY), tuple(self.CLASSES)
+        parquet_rows = collections.defaultdict(list)
+        for it in items:
+            if it.kind == "parquet":
+                parquet_rows[(it.path, it.column)].append(it.row)
+        payloads: dict[tuple[str, int], Iterator] = {
+            shard: sources.read_parquet_bytes(shard[0], shard[1], rows) for shard, rows in parquet_rows.items()
+        }
+        # Parquet items are visited in row order within each shard, so bytes are read one row group at a
+        # time and only as fast as the workers consume them.
+        for it in sorted(items, key=lambda it: (it.kind != "parquet", it.path, it.row, it.key)):
+            payload = None
+            if it.kind == "parquet":
+                row, payload = next(payloads[(it.path, it.column)])
+                assert row == it.row, (row, it.row)
+            yield it, payload, opts, polarity, classes
+
+    def _generate_examples(self, split: str, items: Sequence[sources.Item]):
+        counts: collections.Counter = collections.Counter()
+        skipped: list[dict[str, str]] = []
+        workers = min(self._num_workers, len(items))
+        pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+        try:
+            for key, result in ordered_map(_process, self._tasks(items), pool, window=4 * workers):
+                if isinstance(result, media.MediaError):
+                    counts[f"skipped_{result.reason}"] += 1
+                    skipped.append({"key": key, "reason": result.reason, "detail": result.detail})
+                    logging.warning("skipping %s: %s", key, result)
+                    continue
+                example, warnings = result
+                counts["examples"] += 1
+                counts["no_audio"] += not example["has_audio"]
+                counts.update(warnings)
+                yield key, example
+        finally:
+            if pool is not None:
+                pool.terminate()
+        if not counts["examples"]:
+            raise ValueError(f"split {split!r}: none of its {len(items)} videos could be decoded: {skipped[:3]}")
+        self._report["splits"][split] = {"counts": dict(sorted(counts.items())), "skipped": skipped}
+        self._write_report()
+
+    def _write_report(self) -> None:
+        path = os.path.join(os.fspath(self.data_path), "build_report.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self._report, fh, indent=1, sort_keys=True)
+
+
+def _summarise(skips: Sequence[sources.Skip]) -> dict[str, Any]:
+    counts = collections.Counter(s.reason for s in skips)
+    return {"counts": dict(sorted(counts.items())), "items": [dataclasses.asdict(s) for s in skips]}
