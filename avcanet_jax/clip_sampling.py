@@ -118,7 +118,7 @@ def make_video(
     for i, img in decoded.items():
         crop = _resize(img[top : top + side, left : left + side], spec.crop_size)
         if aug == "rotate":
-            crop = np.asarray(PIL.Image.fromarray(crop).rotate(angle, resample=PIL.Image.Resampling.BILINEAR))
+            crop = np.asarray(PIL.Image.fromarray(crop).rotate(angle))  # Nearest, as PIL and torchvision default.
         frames[i] = crop
     clip = np.stack([frames[int(i)] for i in idx.reshape(-1)])
     if aug == "hflip":

@@ -113,6 +113,7 @@ def encode_frames(frames: Sequence[np.ndarray], quality: int) -> list[bytes]:
 def _fields(
     frames: list[np.ndarray],
     times: list[float],
+    num_frames: int,
     samples: np.ndarray | None,
     *,
     source_fps: float,
@@ -121,20 +122,22 @@ def _fields(
     opts: MediaOptions,
     warnings: dict[str, int],
 ) -> dict[str, Any]:
-    """Assembles the stored fields from decoded frames and audio samples."""
-    if len(frames) < opts.min_frames:
-        raise MediaError("too_few_frames", f"{len(frames)} decodable frames, need {opts.min_frames}")
-    keep = select_frames(len(frames), opts.max_frames)
+    """Assembles the stored fields from the kept frames (or all `num_frames` of them) and audio samples."""
+    if num_frames < opts.min_frames:
+        raise MediaError("too_few_frames", f"{num_frames} decodable frames, need {opts.min_frames}")
+    if len(frames) > opts.max_frames:
+        keep = select_frames(len(frames), opts.max_frames)
+        frames, times = [frames[i] for i in keep], [times[i] for i in keep]
     has_audio = samples is not None and samples.size > 0
     feats = audio_features(samples, opts) if has_audio else np.zeros((0, opts.audio_dim), np.float32)
     return {
-        "frames": encode_frames([frames[i] for i in keep], opts.jpeg_quality),
-        "timestamps": np.asarray([times[i] for i in keep], np.float32),
+        "frames": encode_frames(frames, opts.jpeg_quality),
+        "timestamps": np.asarray(times, np.float32),
         "audio": feats,
         "has_audio": bool(has_audio),
         "source": {
             "fps": np.float32(source_fps),
-            "num_frames": np.int32(len(frames)),
+            "num_frames": np.int32(num_frames),
             "duration": np.float32(duration),
             "width": np.int32(source_size[0]),
             "height": np.int32(source_size[1]),
@@ -143,31 +146,33 @@ def _fields(
     }
 
 
-def _upright_small(frame: av.VideoFrame, short_side: int) -> np.ndarray:
-    """RGB uint8 frame rotated as its display matrix asks and scaled to the stored size."""
-    rotation = frame.rotation % 360
-    width, height = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
-    out_w, out_h = scaled_size(width, height, short_side)
-    # Scale before rotating (cheaper); a 90/270 rotation swaps which stored axis is which.
-    if rotation in (90, 270):
-        out_w, out_h = out_h, out_w
-    rgb = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation="AREA").to_ndarray()
-    return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
+class _FrameScaler:
+    """Rotates frames upright and scales them to the stored size, reusing one swscale context.
 
-
-def decode_video(source: str | os.PathLike | bytes | BinaryIO, opts: MediaOptions, threads: int = 1) -> dict[str, Any]:
-    """Decodes a video file (path, bytes or file object) into stored fields.
-
-    Packets that fail to decode are skipped and counted (`_warnings`), so a few corrupt packets cost a
-    few frames, not the video; a file that cannot be opened, has no video stream, or leaves fewer than
-    `min_frames` frames raises MediaError.
+    `VideoFrame.reformat` builds a new scaler context per call, which cost more than the scaling itself
+    for HD input (0.33 vs 0.24 ms per 540x960 frame here).
     """
-    if isinstance(source, (bytes, bytearray)):
-        if not source:
-            raise MediaError("empty_file")
-        source = io.BytesIO(source)
-    elif isinstance(source, (str, os.PathLike)) and os.path.getsize(source) == 0:
-        raise MediaError("empty_file")
+
+    def __init__(self, short_side: int):
+        self.short_side = short_side
+        self.reformatter = av.video.reformatter.VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        rotation = frame.rotation % 360
+        width, height = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+        out_w, out_h = scaled_size(width, height, self.short_side)
+        if rotation in (90, 270):  # Scale before rotating (cheaper); the rotation swaps the stored axes.
+            out_w, out_h = out_h, out_w
+        rgb = self.reformatter.reformat(
+            frame, width=out_w, height=out_h, format="rgb24", interpolation="AREA"
+        ).to_ndarray()
+        return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
+
+
+def _decode_pass(source, opts: MediaOptions, threads: int, keep: set[int] | None) -> dict[str, Any]:
+    """One pass over a container: frames whose index is in `keep` (all if None) scaled, audio resampled."""
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
     try:
         container = av.open(source, metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
@@ -180,28 +185,28 @@ def decode_video(source: str | os.PathLike | bytes | BinaryIO, opts: MediaOption
         vstream.thread_count = threads
         astream = container.streams.audio[0] if container.streams.audio else None
         resampler = av.AudioResampler(format="flt", layout="mono", rate=opts.sample_rate) if astream else None
-        frames, times, chunks = [], [], []
-        source_size = None
+        scale = _FrameScaler(opts.short_side)
+        out = {"frames": [], "times": [], "count": 0, "size": None, "expected": vstream.frames}
+        chunks = []
 
         def add_video(decoded):
-            nonlocal source_size
             for f in decoded:
-                small = _upright_small(f, opts.short_side)
-                if source_size is None:
+                if out["size"] is None:
                     rotated = f.rotation % 360 in (90, 270)
-                    source_size = (f.height, f.width) if rotated else (f.width, f.height)
-                frames.append(small)
-                times.append(float(f.time) if f.time is not None else len(times) / float(vstream.average_rate or 1))
+                    out["size"] = (f.height, f.width) if rotated else (f.width, f.height)
+                if keep is None or out["count"] in keep:
+                    out["frames"].append(scale(f))
+                    rate = float(vstream.average_rate or 1)
+                    out["times"].append(float(f.time) if f.time is not None else out["count"] / rate)
+                out["count"] += 1
 
         def add_audio(decoded):
             for f in decoded:
-                for r in resampler.resample(f):
-                    chunks.append(r.to_ndarray().reshape(-1))
+                chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(f))
 
-        streams = [s for s in (vstream, astream) if s is not None]
         try:
             # demux() ends with one empty packet per stream, whose decode() flushes that decoder.
-            for packet in container.demux(*streams):
+            for packet in container.demux(*(s for s in (vstream, astream) if s is not None)):
                 is_video = packet.stream.index == vstream.index
                 try:
                     (add_video if is_video else add_audio)(packet.decode())
@@ -215,23 +220,55 @@ def decode_video(source: str | os.PathLike | bytes | BinaryIO, opts: MediaOption
         if resampler is not None:
             chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
         fps = float(vstream.average_rate or vstream.guessed_rate or 0.0)
-        duration = (
-            float(container.duration) / av.time_base if container.duration else (len(frames) / fps if fps else 0.0)
-        )
+        if container.duration:
+            duration = float(container.duration) / av.time_base
+        else:
+            duration = out["count"] / fps if fps else 0.0
     samples = np.concatenate(chunks) if chunks else (np.zeros(0, np.float32) if astream is not None else None)
-    if astream is not None and (samples is None or samples.size == 0):
+    if astream is not None and samples.size == 0:
         warnings["audio_undecodable"] = 1
-    if source_size is None:
+    return {**out, "samples": samples, "fps": fps, "duration": duration, "warnings": warnings}
+
+
+def decode_video(source: str | os.PathLike | bytes | BinaryIO, opts: MediaOptions, threads: int = 1) -> dict[str, Any]:
+    """Decodes a video file (path, bytes or file object) into stored fields.
+
+    Packets that fail to decode are skipped and counted (`_warnings`), so a few corrupt packets cost a
+    few frames, not the video; a file that cannot be opened, has no video stream, or leaves fewer than
+    `min_frames` frames raises MediaError.
+
+    When the container states its frame count (mp4, mov) and it exceeds `max_frames`, only the frames
+    that will be stored are scaled. Should the stated count prove wrong, a second pass keeps every frame
+    and subsamples afterwards, so the result is the same either way.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise MediaError("empty_file")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)) and os.path.getsize(source) == 0:
+        raise MediaError("empty_file")
+    try:
+        with av.open(source, metadata_errors="ignore") as probe:
+            expected = probe.streams.video[0].frames if probe.streams.video else 0
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise MediaError("unreadable", str(e)) from e
+    keep = set(select_frames(expected, opts.max_frames).tolist()) if expected > opts.max_frames else None
+    result = _decode_pass(source, opts, threads, keep)
+    if keep is not None and result["count"] != expected:
+        result = _decode_pass(source, opts, threads, None)
+    if result["size"] is None:
         raise MediaError("too_few_frames", "no decodable video frame")
+    warnings = {k: v for k, v in result["warnings"].items() if v}
     return _fields(
-        frames,
-        times,
-        samples,
-        source_fps=fps,
-        source_size=source_size,
-        duration=duration,
+        result["frames"],
+        result["times"],
+        result["count"],
+        result["samples"],
+        source_fps=result["fps"],
+        source_size=result["size"],
+        duration=result["duration"],
         opts=opts,
-        warnings={k: v for k, v in warnings.items() if v},
+        warnings=warnings,
     )
 
 
@@ -287,6 +324,7 @@ def decode_frame_folder(
     return _fields(
         frames,
         times,
+        len(frames),
         samples,
         source_fps=fps,
         source_size=source_size,
