@@ -193,3 +193,34 @@ def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.NamedShard
 def global_batches(iterator: Iterator[dict], sharding: jax.sharding.NamedSharding) -> Iterator[dict[str, jax.Array]]:
     for batch in iterator:
         yield to_global(batch, sharding)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Streams a few training batches and prints what the model would see, and how fast."""
+    import argparse
+    import json
+    import time
+
+    parser = argparse.ArgumentParser(description="Stream batches from a built dataset.")
+    parser.add_argument("--dataset", default="emotions/synthetic")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--num_workers", type=int, default=0)
+    args = parser.parse_args(argv)
+    cfg = PipelineConfig(
+        dataset=args.dataset, data_dir=args.data_dir, global_batch_size=args.batch_size, num_workers=args.num_workers
+    )
+    it = iter(train_dataset(cfg))
+    batch = next(it)
+    start = time.perf_counter()
+    labels = list(batch["label"])
+    for _ in range(args.batches - 1):
+        labels += list(next(it)["label"])
+    rate = (args.batches - 1) * args.batch_size / max(time.perf_counter() - start, 1e-9)
+    shapes = {k: [list(v.shape), str(v.dtype)] for k, v in batch.items()}
+    print(json.dumps({"shapes": shapes, "labels_seen": np.bincount(labels).tolist(), "clips_per_s": round(rate, 1)}))
+
+
+if __name__ == "__main__":
+    main()

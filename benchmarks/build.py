@@ -45,7 +45,7 @@ def main():
     args = parser.parse_args()
 
     cores = os.cpu_count() or 1
-    raw = os.path.join(args.workdir, "raw")
+    raw = media_corpus.corpus_dir(args.workdir, args.videos, args.seconds, args.width, args.height)
     paths, content = media_corpus.write_corpus(raw, args.videos, args.seconds, args.width, args.height)
     opts = media.MediaOptions()
     media.decode_video(paths[0], opts)  # Warm-up: librosa's first call compiles numba caches.

@@ -103,12 +103,11 @@ def main():
     args = parser.parse_args()
 
     cores = os.cpu_count() or 1
-    paths, content = media_corpus.write_corpus(
-        os.path.join(args.workdir, "raw"), args.videos, args.seconds, args.width, args.height
-    )
-    data_dir = os.path.join(args.workdir, "data")
-    build.build("full", data_dir, os.path.join(args.workdir, "raw"), num_workers=cores)
-    ref = extract_reference_layout(paths, os.path.join(args.workdir, "reference"))
+    raw = media_corpus.corpus_dir(args.workdir, args.videos, args.seconds, args.width, args.height)
+    paths, content = media_corpus.write_corpus(raw, args.videos, args.seconds, args.width, args.height)
+    data_dir = raw + "_data"
+    build.build("full", data_dir, raw, num_workers=cores)
+    ref = extract_reference_layout(paths, raw + "_reference")
     spec = ClipSpec()
 
     rng = np.random.default_rng(0)

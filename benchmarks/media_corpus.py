@@ -51,7 +51,10 @@ def _source_frames_and_audio(width: int, height: int, sample_rate: int):
 def write_corpus(
     root: str, num_videos: int = 12, seconds: float = 20.0, width: int = 540, height: int = 960, fps: int = 25
 ) -> tuple[list[str], str]:
-    """Writes `<root>/<Class>/bench_<k>.mp4` (reused if present); returns (paths, content source)."""
+    """Writes `<root>/<Class>/bench_<k>.mp4`; returns (paths, content source).
+
+    Files are reused when present, so `root` should be specific to the arguments (see `corpus_dir`).
+    """
     sample_rate = 44100
     frames, audio, content = _source_frames_and_audio(width, height, sample_rate)
     paths = []
@@ -83,6 +86,10 @@ def write_corpus(
             out.mux(a.encode())
         os.replace(path + ".tmp", path)
     return paths, content
+
+
+def corpus_dir(workdir: str, num_videos: int, seconds: float, width: int, height: int) -> str:
+    return os.path.join(workdir, f"raw_{num_videos}x{seconds:g}s_{width}x{height}")
 
 
 def describe(paths: list[str], seconds: float, width: int, height: int, content: str) -> str:

@@ -1,0 +1,101 @@
+"""Small building blocks shared by the model's branches: annotated layers, drop-path, a PyTorch-style MLP.
+
+Every parameter carries logical axis names ("embed", "mlp", "heads", ...); the trainer maps them onto
+mesh axes with the rules table in its config, so no module here knows about devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Same initialisers as the PyTorch references use, so models trained from scratch start alike.
+TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02)
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """Compute dtype (activations, matmuls) and parameter dtype; float32 parameters by default."""
+
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+
+def annotated(init: nnx.Initializer, axes: Sequence[str | None]) -> nnx.Initializer:
+    """An initializer whose parameter records its logical axis names (see module docstring).
+
+    `eager_sharding=False`: the names are logical, not mesh axes, so Flax must not try to place the
+    variable on a mesh when it is created; the trainer maps names to mesh axes and shards the state.
+    """
+    return nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
+
+
+def linear(
+    din: int,
+    dout: int,
+    axes: tuple[str | None, str | None],
+    rngs: nnx.Rngs,
+    precision: Precision = Precision(),
+    *,
+    bias: bool = True,
+    init: nnx.Initializer = TRUNC_NORMAL,
+) -> nnx.Linear:
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=bias,
+        kernel_init=annotated(init, axes),
+        bias_init=annotated(nnx.initializers.zeros, axes[1:]),
+        dtype=precision.dtype,
+        param_dtype=precision.param_dtype,
+        rngs=rngs,
+    )
+
+
+def layer_norm(
+    dim: int, rngs: nnx.Rngs, precision: Precision = Precision(), axis: str | None = "embed"
+) -> nnx.LayerNorm:
+    """LayerNorm with PyTorch's epsilon (1e-5), so imported weights give the same outputs."""
+    return nnx.LayerNorm(
+        dim,
+        epsilon=1e-5,
+        dtype=precision.dtype,
+        param_dtype=precision.param_dtype,
+        scale_init=annotated(nnx.initializers.ones, (axis,)),
+        bias_init=annotated(nnx.initializers.zeros, (axis,)),
+        rngs=rngs,
+    )
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth: drops a whole residual branch per example (row mode), rescaling the rest."""
+
+    def __init__(self, rate: float, rngs: nnx.Rngs):
+        self.rate = rate
+        self.rngs = rngs["dropout"].fork()
+        self.deterministic = False  # `model.eval()` sets this, like nnx.Dropout's.
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class Mlp(nnx.Module):
+    """Linear -> GELU (exact erf, as torch.nn.GELU) -> dropout -> Linear -> dropout."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float, rngs: nnx.Rngs, precision: Precision = Precision()):
+        self.fc1 = linear(dim, hidden, ("embed", "mlp"), rngs, precision)
+        self.fc2 = linear(hidden, dim, ("mlp", "embed"), rngs, precision)
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.drop(jax.nn.gelu(self.fc1(x), approximate=False))
+        return self.drop(self.fc2(x))

@@ -1,0 +1,126 @@
+"""ResNet-18/34 (basic blocks) in NHWC, laid out like torchvision's so its weights import one to one.
+
+The audio branch uses it with a one-channel stem over MFCC chunks (SPEC §3); the standard RGB stem
+exists so that parity with torchvision's `resnet34` can be proved on the whole network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from avcanet_jax.layers import Precision, annotated
+
+RESNET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stem:
+    """The first convolution: kernel, stride and padding per spatial axis, and input channels."""
+
+    in_channels: int = 1
+    kernel: tuple[int, int] = (7, 1)
+    stride: tuple[int, int] = (2, 1)
+    padding: tuple[int, int] = (3, 0)
+
+
+AUDIO_STEM = Stem()
+RGB_STEM = Stem(in_channels=3, kernel=(7, 7), stride=(2, 2), padding=(3, 3))
+
+
+def conv(cin: int, cout: int, kernel, stride, padding, rngs: nnx.Rngs, precision: Precision) -> nnx.Conv:
+    return nnx.Conv(
+        cin,
+        cout,
+        tuple(kernel),
+        strides=tuple(stride),
+        padding=tuple((p, p) for p in padding),
+        use_bias=False,
+        kernel_init=annotated(nnx.initializers.kaiming_normal(), (None, None, None, "conv_out")),
+        dtype=precision.dtype,
+        param_dtype=precision.param_dtype,
+        rngs=rngs,
+    )
+
+
+def batch_norm(dim: int, rngs: nnx.Rngs, precision: Precision, zero_init: bool = False) -> nnx.BatchNorm:
+    """BatchNorm with PyTorch's epsilon; momentum 0.9 here is PyTorch's 0.1 (they count the other way)."""
+    return nnx.BatchNorm(
+        dim,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=precision.dtype,
+        param_dtype=precision.param_dtype,
+        scale_init=annotated(nnx.initializers.zeros if zero_init else nnx.initializers.ones, ("conv_out",)),
+        bias_init=annotated(nnx.initializers.zeros, ("conv_out",)),
+        rngs=rngs,
+    )
+
+
+class BasicBlock(nnx.Module):
+    def __init__(self, cin: int, cout: int, stride: int, rngs: nnx.Rngs, precision: Precision):
+        self.conv1 = conv(cin, cout, (3, 3), (stride, stride), (1, 1), rngs, precision)
+        self.bn1 = batch_norm(cout, rngs, precision)
+        self.conv2 = conv(cout, cout, (3, 3), (1, 1), (1, 1), rngs, precision)
+        self.bn2 = batch_norm(cout, rngs, precision)
+        self.downsample = nnx.data(None)
+        if stride != 1 or cin != cout:
+            self.downsample = nnx.data(
+                nnx.List(
+                    [
+                        conv(cin, cout, (1, 1), (stride, stride), (0, 0), rngs, precision),
+                        batch_norm(cout, rngs, precision),
+                    ]
+                )
+            )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.nn.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        identity = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+        return jax.nn.relu(y + identity)
+
+
+class ResNet(nnx.Module):
+    """Stem conv, BN, ReLU, 3x3/2 max-pool, four stages of basic blocks, global average pool.
+
+    Returns pooled features [B, 512]; `fc` (present when num_classes > 0) maps them to logits, which
+    only the parity test uses.
+    """
+
+    def __init__(
+        self,
+        depth: int = 34,
+        stem: Stem = AUDIO_STEM,
+        rngs: nnx.Rngs | None = None,
+        precision: Precision = Precision(),
+        num_classes: int = 0,
+    ):
+        if depth not in RESNET_DEPTHS:
+            raise ValueError(f"resnet depth must be one of {sorted(RESNET_DEPTHS)}, got {depth}")
+        self.conv1 = conv(stem.in_channels, 64, stem.kernel, stem.stride, stem.padding, rngs, precision)
+        self.bn1 = batch_norm(64, rngs, precision)
+        layers, cin = [], 64
+        for i, blocks in enumerate(RESNET_DEPTHS[depth]):
+            cout = 64 * 2**i
+            layer = []
+            for j in range(blocks):
+                layer.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1, rngs, precision))
+                cin = cout
+            layers.append(nnx.List(layer))
+        self.layers = nnx.List(layers)
+        self.fc = nnx.data(nnx.Linear(512, num_classes, rngs=rngs) if num_classes else None)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        x = jax.nn.relu(self.bn1(self.conv1(x)))
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for layer in self.layers:
+            for block in layer:
+                x = block(x)
+        return x.mean(axis=(1, 2))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        feats = self.features(x)
+        return self.fc(feats) if self.fc is not None else feats

@@ -1,0 +1,253 @@
+"""Video Swin Transformer (Liu et al. 2022), numerically matching torchvision's `SwinTransformer3d`.
+
+Input and activations are channels-last, [B, T, H, W, C]. Window partitioning, cyclic shifts, masks and
+relative-position indices depend only on static shapes, so they are computed in numpy at trace time.
+torchvision's behaviour is kept where it matters for loading its weights: when the feature map is not
+larger than the window along an axis, the window shrinks to the map and that axis is not shifted, and
+the relative-position bias of a shrunken window is read from the top-left block of the full window's
+index matrix (`_relative_bias`), exactly as `torchvision.models.video.swin_transformer` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from avcanet_jax.layers import TRUNC_NORMAL, DropPath, Mlp, Precision, annotated, layer_norm, linear
+
+
+@dataclasses.dataclass(frozen=True)
+class SwinConfig:
+    """Hyper-parameters of a Video Swin backbone (defaults: Swin-T, as torchvision's swin3d_t)."""
+
+    patch_size: tuple[int, int, int] = (2, 4, 4)
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: tuple[int, int, int] = (8, 7, 7)
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    stochastic_depth_prob: float = 0.1
+    in_channels: int = 3
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+
+SWIN_SIZES = {
+    "tiny": SwinConfig(),
+    "small": SwinConfig(depths=(2, 2, 18, 2)),
+    "base": SwinConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+
+
+def window_and_shift(size, window, shift) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Window and shift for a feature map of `size` (torchvision's `_get_window_and_shift_size`)."""
+    w = tuple(s if s <= w else w for s, w in zip(size, window, strict=True))
+    sh = tuple(0 if s <= w else x for s, w, x in zip(size, window, shift, strict=True))
+    return w, sh
+
+
+@functools.cache
+def relative_position_index(window: tuple[int, int, int]) -> np.ndarray:
+    """[V, V] index into the bias table for each pair of tokens of a window of volume V."""
+    coords = np.stack(np.meshgrid(*[np.arange(w) for w in window], indexing="ij")).reshape(3, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + np.array(window) - 1
+    return rel[..., 0] * (2 * window[1] - 1) * (2 * window[2] - 1) + rel[..., 1] * (2 * window[2] - 1) + rel[..., 2]
+
+
+@functools.cache
+def shift_mask(padded: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int]) -> np.ndarray:
+    """[nW, V, V] additive mask (0 or -100) that stops shifted windows mixing regions that were not adjacent."""
+    region = np.zeros(padded, np.float32)
+    bounds = [((0, -w), (-w, -s), (-s, None)) for w, s in zip(window, shift, strict=True)]
+    count = 0
+    for d in bounds[0]:
+        for h in bounds[1]:
+            for w in bounds[2]:
+                region[d[0] : d[1], h[0] : h[1], w[0] : w[1]] = count
+                count += 1
+    windows = _partition(region[None, ..., None], window)[..., 0]  # [nW, V]
+    diff = windows[:, None, :] - windows[:, :, None]
+    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+
+
+def _partition(x, window):
+    """[B, T, H, W, C] -> [B * nW, V, C] (windows in T, H, W order); works on numpy and jax arrays."""
+    b, t, h, w, c = x.shape
+    wd, wh, ww = window
+    x = x.reshape(b, t // wd, wd, h // wh, wh, w // ww, ww, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(-1, wd * wh * ww, c)
+
+
+def _merge(windows: jax.Array, window, b: int, padded) -> jax.Array:
+    """Inverse of `_partition`."""
+    wd, wh, ww = window
+    t, h, w = padded
+    c = windows.shape[-1]
+    x = windows.reshape(b, t // wd, h // wh, w // ww, wd, wh, ww, c)
+    return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t, h, w, c)
+
+
+class WindowAttention3d(nnx.Module):
+    """Multi-head self-attention within (shifted) 3D windows, with a learned relative-position bias."""
+
+    def __init__(
+        self,
+        dim: int,
+        window: tuple[int, int, int],
+        shift: tuple[int, int, int],
+        num_heads: int,
+        cfg: SwinConfig,
+        rngs: nnx.Rngs,
+        precision: Precision = Precision(),
+    ):
+        self.window, self.shift, self.num_heads = tuple(window), tuple(shift), num_heads
+        self.qkv = linear(dim, 3 * dim, ("embed", "qkv"), rngs, precision)
+        self.proj = linear(dim, dim, ("qkv", "embed"), rngs, precision)
+        table = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
+        self.relative_position_bias_table = nnx.Param(
+            annotated(TRUNC_NORMAL, (None, "heads"))(rngs.params(), (table, num_heads), precision.param_dtype)
+        )
+        self.attn_drop = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
+        self.proj_drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.dtype = precision.dtype
+
+    def _relative_bias(self, window) -> jax.Array:
+        vol = int(np.prod(window))
+        index = relative_position_index(self.window)[:vol, :vol]  # torchvision's slicing, see module doc.
+        bias = self.relative_position_bias_table[...][index.reshape(-1)].reshape(vol, vol, -1)
+        return bias.transpose(2, 0, 1)[None].astype(self.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, h, w, c = x.shape
+        window, shift = window_and_shift((t, h, w), self.window, self.shift)
+        pad = [(-s) % wnd for s, wnd in zip((t, h, w), window, strict=True)]
+        x = jnp.pad(x, ((0, 0), (0, pad[0]), (0, pad[1]), (0, pad[2]), (0, 0)))
+        padded = x.shape[1:4]
+        if any(shift):
+            x = jnp.roll(x, [-s for s in shift], axis=(1, 2, 3))
+        windows = _partition(x, window)  # [B*nW, V, C]
+        n, vol, _ = windows.shape
+        head_dim = c // self.num_heads
+        qkv = self.qkv(windows).reshape(n, vol, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * head_dim**-0.5, qkv[1], qkv[2]
+        attn = jnp.einsum("nhqd,nhkd->nhqk", q, k) + self._relative_bias(window)
+        if any(shift):
+            mask = jnp.asarray(shift_mask(tuple(padded), window, shift), attn.dtype)  # [nW, V, V]
+            attn = attn.reshape(b, -1, self.num_heads, vol, vol) + mask[None, :, None]
+            attn = attn.reshape(n, self.num_heads, vol, vol)
+        attn = self.attn_drop(jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype))
+        out = jnp.einsum("nhqk,nhkd->nqhd", attn, v).reshape(n, vol, c)
+        out = self.proj_drop(self.proj(out))
+        x = _merge(out, window, b, padded)
+        if any(shift):
+            x = jnp.roll(x, shift, axis=(1, 2, 3))
+        return x[:, :t, :h, :w]
+
+
+class SwinBlock3d(nnx.Module):
+    """Pre-norm transformer block: x + DropPath(W-MSA(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        shift: tuple[int, int, int],
+        drop_path: float,
+        cfg: SwinConfig,
+        rngs: nnx.Rngs,
+        precision: Precision = Precision(),
+    ):
+        self.norm1 = layer_norm(dim, rngs, precision)
+        self.attn = WindowAttention3d(dim, cfg.window_size, shift, num_heads, cfg, rngs, precision)
+        self.drop_path = DropPath(drop_path, rngs)
+        self.norm2 = layer_norm(dim, rngs, precision)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.dropout, rngs, precision)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nnx.Module):
+    """2x2 spatial downsampling: concatenate neighbours (padding odd sizes), LayerNorm, Linear 4C -> 2C."""
+
+    def __init__(self, dim: int, rngs: nnx.Rngs, precision: Precision = Precision()):
+        self.norm = layer_norm(4 * dim, rngs, precision)
+        self.reduction = linear(4 * dim, 2 * dim, ("embed", "embed_out"), rngs, precision, bias=False)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h, w = x.shape[2:4]
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        parts = [x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]]
+        return self.reduction(self.norm(jnp.concatenate(parts, axis=-1)))
+
+
+class PatchEmbed3d(nnx.Module):
+    """Non-overlapping 3D patches (a strided Conv3d, inputs padded to whole patches), then LayerNorm."""
+
+    def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs, precision: Precision = Precision()):
+        self.patch = cfg.patch_size
+        self.proj = nnx.Conv(
+            cfg.in_channels,
+            cfg.embed_dim,
+            cfg.patch_size,
+            strides=cfg.patch_size,
+            padding="VALID",
+            kernel_init=annotated(nnx.initializers.lecun_normal(), (None, None, None, None, "embed")),
+            bias_init=annotated(nnx.initializers.zeros, ("embed",)),
+            dtype=precision.dtype,
+            param_dtype=precision.param_dtype,
+            rngs=rngs,
+        )
+        self.norm = layer_norm(cfg.embed_dim, rngs, precision)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pad = [(-s) % p for s, p in zip(x.shape[1:4], self.patch, strict=True)]
+        x = jnp.pad(x, ((0, 0), (0, pad[0]), (0, pad[1]), (0, pad[2]), (0, 0)))
+        return self.norm(self.proj(x))
+
+
+class SwinTransformer3d(nnx.Module):
+    """The backbone without a head: [B, T, H, W, 3] -> [B, T', H', W', num_features] (final LayerNorm applied).
+
+    `remat` recomputes each block's activations in the backward pass instead of storing them.
+    """
+
+    def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs, precision: Precision = Precision(), remat: bool = False):
+        self.cfg, self.remat = cfg, remat
+        self.patch_embed = PatchEmbed3d(cfg, rngs, precision)
+        self.pos_drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        total = sum(cfg.depths)
+        rates = [cfg.stochastic_depth_prob * i / max(total - 1, 1) for i in range(total)]
+        stages, merges = [], []
+        for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads, strict=True)):
+            dim = cfg.embed_dim * 2**i
+            blocks = []
+            for j in range(depth):
+                shift = (0, 0, 0) if j % 2 == 0 else tuple(w // 2 for w in cfg.window_size)
+                blocks.append(SwinBlock3d(dim, heads, shift, rates[sum(cfg.depths[:i]) + j], cfg, rngs, precision))
+            stages.append(nnx.List(blocks))
+            if i < len(cfg.depths) - 1:
+                merges.append(PatchMerging(dim, rngs, precision))
+        self.stages = nnx.List(stages)
+        self.merges = nnx.List(merges)
+        self.norm = layer_norm(cfg.num_features, rngs, precision)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.pos_drop(self.patch_embed(x))
+        for i, blocks in enumerate(self.stages):
+            for block in blocks:
+                x = nnx.remat(type(block).__call__)(block, x) if self.remat else block(x)
+            if i < len(self.merges):
+                x = self.merges[i](x)
+        return self.norm(x)
