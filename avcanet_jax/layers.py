@@ -26,6 +26,10 @@ class Precision:
     param_dtype: Any = jnp.float32
 
 
+FP32 = Precision()
+BF16 = Precision(dtype=jnp.bfloat16)
+
+
 def annotated(init: nnx.Initializer, axes: Sequence[str | None]) -> nnx.Initializer:
     """An initializer whose parameter records its logical axis names (see module docstring).
 
@@ -40,7 +44,7 @@ def linear(
     dout: int,
     axes: tuple[str | None, str | None],
     rngs: nnx.Rngs,
-    precision: Precision = Precision(),
+    precision: Precision = FP32,
     *,
     bias: bool = True,
     init: nnx.Initializer = TRUNC_NORMAL,
@@ -57,9 +61,7 @@ def linear(
     )
 
 
-def layer_norm(
-    dim: int, rngs: nnx.Rngs, precision: Precision = Precision(), axis: str | None = "embed"
-) -> nnx.LayerNorm:
+def layer_norm(dim: int, rngs: nnx.Rngs, precision: Precision = FP32, axis: str | None = "embed") -> nnx.LayerNorm:
     """LayerNorm with PyTorch's epsilon (1e-5), so imported weights give the same outputs."""
     return nnx.LayerNorm(
         dim,
@@ -91,7 +93,7 @@ class DropPath(nnx.Module):
 class Mlp(nnx.Module):
     """Linear -> GELU (exact erf, as torch.nn.GELU) -> dropout -> Linear -> dropout."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float, rngs: nnx.Rngs, precision: Precision = Precision()):
+    def __init__(self, dim: int, hidden: int, dropout: float, rngs: nnx.Rngs, precision: Precision = FP32):
         self.fc1 = linear(dim, hidden, ("embed", "mlp"), rngs, precision)
         self.fc2 = linear(hidden, dim, ("mlp", "embed"), rngs, precision)
         self.drop = nnx.Dropout(dropout, rngs=rngs)

@@ -11,7 +11,7 @@ import dataclasses
 import jax
 from flax import nnx
 
-from avcanet_jax.layers import Precision, annotated
+from avcanet_jax.layers import FP32, Precision, annotated
 
 RESNET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
@@ -86,7 +86,8 @@ class BasicBlock(nnx.Module):
 class ResNet(nnx.Module):
     """Stem conv, BN, ReLU, 3x3/2 max-pool, four stages of basic blocks, global average pool.
 
-    Returns pooled features [B, 512]; `fc` (present when num_classes > 0) maps them to logits, which
+    `width` is the first stage's channel count (64 in the paper; smaller only for tests and demos).
+    Returns pooled features [B, 8 * width]; `fc` (present when num_classes > 0) maps them to logits, which
     only the parity test uses.
     """
 
@@ -95,23 +96,25 @@ class ResNet(nnx.Module):
         depth: int = 34,
         stem: Stem = AUDIO_STEM,
         rngs: nnx.Rngs | None = None,
-        precision: Precision = Precision(),
+        precision: Precision = FP32,
         num_classes: int = 0,
+        width: int = 64,
     ):
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"resnet depth must be one of {sorted(RESNET_DEPTHS)}, got {depth}")
-        self.conv1 = conv(stem.in_channels, 64, stem.kernel, stem.stride, stem.padding, rngs, precision)
-        self.bn1 = batch_norm(64, rngs, precision)
-        layers, cin = [], 64
+        self.conv1 = conv(stem.in_channels, width, stem.kernel, stem.stride, stem.padding, rngs, precision)
+        self.bn1 = batch_norm(width, rngs, precision)
+        layers, cin = [], width
         for i, blocks in enumerate(RESNET_DEPTHS[depth]):
-            cout = 64 * 2**i
+            cout = width * 2**i
             layer = []
             for j in range(blocks):
                 layer.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1, rngs, precision))
                 cin = cout
             layers.append(nnx.List(layer))
         self.layers = nnx.List(layers)
-        self.fc = nnx.data(nnx.Linear(512, num_classes, rngs=rngs) if num_classes else None)
+        self.num_features = cin
+        self.fc = nnx.data(nnx.Linear(cin, num_classes, rngs=rngs) if num_classes else None)
 
     def features(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.bn1(self.conv1(x)))

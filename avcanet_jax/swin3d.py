@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from avcanet_jax.layers import TRUNC_NORMAL, DropPath, Mlp, Precision, annotated, layer_norm, linear
+from avcanet_jax.layers import FP32, TRUNC_NORMAL, DropPath, Mlp, Precision, annotated, layer_norm, linear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,7 @@ class WindowAttention3d(nnx.Module):
         num_heads: int,
         cfg: SwinConfig,
         rngs: nnx.Rngs,
-        precision: Precision = Precision(),
+        precision: Precision = FP32,
     ):
         self.window, self.shift, self.num_heads = tuple(window), tuple(shift), num_heads
         self.qkv = linear(dim, 3 * dim, ("embed", "qkv"), rngs, precision)
@@ -165,7 +165,7 @@ class SwinBlock3d(nnx.Module):
         drop_path: float,
         cfg: SwinConfig,
         rngs: nnx.Rngs,
-        precision: Precision = Precision(),
+        precision: Precision = FP32,
     ):
         self.norm1 = layer_norm(dim, rngs, precision)
         self.attn = WindowAttention3d(dim, cfg.window_size, shift, num_heads, cfg, rngs, precision)
@@ -181,7 +181,7 @@ class SwinBlock3d(nnx.Module):
 class PatchMerging(nnx.Module):
     """2x2 spatial downsampling: concatenate neighbours (padding odd sizes), LayerNorm, Linear 4C -> 2C."""
 
-    def __init__(self, dim: int, rngs: nnx.Rngs, precision: Precision = Precision()):
+    def __init__(self, dim: int, rngs: nnx.Rngs, precision: Precision = FP32):
         self.norm = layer_norm(4 * dim, rngs, precision)
         self.reduction = linear(4 * dim, 2 * dim, ("embed", "embed_out"), rngs, precision, bias=False)
 
@@ -195,7 +195,7 @@ class PatchMerging(nnx.Module):
 class PatchEmbed3d(nnx.Module):
     """Non-overlapping 3D patches (a strided Conv3d, inputs padded to whole patches), then LayerNorm."""
 
-    def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs, precision: Precision = Precision()):
+    def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs, precision: Precision = FP32):
         self.patch = cfg.patch_size
         self.proj = nnx.Conv(
             cfg.in_channels,
@@ -223,7 +223,7 @@ class SwinTransformer3d(nnx.Module):
     `remat` recomputes each block's activations in the backward pass instead of storing them.
     """
 
-    def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs, precision: Precision = Precision(), remat: bool = False):
+    def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs, precision: Precision = FP32, remat: bool = False):
         self.cfg, self.remat = cfg, remat
         self.patch_embed = PatchEmbed3d(cfg, rngs, precision)
         self.pos_drop = nnx.Dropout(cfg.dropout, rngs=rngs)

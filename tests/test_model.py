@@ -1,0 +1,206 @@
+"""AV-CANet's parts on tiny shapes: masks, gating, level weights, classifier, ablations, options, import."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from avcanet_jax import pretrained
+from avcanet_jax.avcanet import AVCANet, ModelConfig
+from avcanet_jax.fusion import FusionConfig, LocalFusion, PyramidLevel, band_mask
+from avcanet_jax.swin3d import SwinConfig, SwinTransformer3d
+
+TINY_SWIN = SwinConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
+TINY = ModelConfig(
+    swin=TINY_SWIN, resnet_depth=18, resnet_width=8, dim=32, lgf=FusionConfig(dim=32, ffn_dim=32, heads=4, levels=2)
+)
+
+
+def _batch(b=2, s=4, seed=0):
+    rng = np.random.default_rng(seed)
+    video = rng.integers(0, 255, (b, s, 4, 32, 32, 3), dtype=np.uint8)
+    audio = rng.standard_normal((b, s, 64, 32)).astype(np.float32)
+    return jnp.asarray(video), jnp.asarray(audio)
+
+
+def test_band_masks_widen_with_dilation():
+    widths = [band_mask(32, 2**i)[16].sum() for i in range(4)]
+    assert widths == [3, 5, 9, 17]
+    np.testing.assert_array_equal(band_mask(4, 1), np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]]))
+
+
+def test_band_mask_blocks_attention_outside_the_band():
+    level = PyramidLevel(FusionConfig(dim=8, heads=2, ffn_dim=8), reach=1, rngs=nnx.Rngs(0))
+    level.eval()
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8)), jnp.float32)
+    base = level.v_self(x, x, x, band_mask(8, 1))
+    far = x.at[0, 7].add(10.0)  # Segment 7 is outside segment 0's band of reach 1.
+    np.testing.assert_allclose(level.v_self(far, far, far, band_mask(8, 1))[0, 0], base[0, 0], atol=1e-6)
+    assert not np.allclose(level.v_self(far, far, far, None)[0, 0], base[0, 0], atol=1e-3)
+
+
+def test_gates_choose_between_self_and_cross_attention():
+    level = PyramidLevel(FusionConfig(dim=8, heads=2, ffn_dim=8), reach=1, rngs=nnx.Rngs(0))
+    level.eval()
+    rng = np.random.default_rng(1)
+    v, a = (jnp.asarray(rng.standard_normal((2, 6, 8)), jnp.float32) for _ in range(2))
+    mask = band_mask(6, 1)
+    v_sa, v_ca = level.v_self(v, v, v, mask), level.cross(v, a, a, mask)
+    for gate, far, expected in (
+        (level.v_gate_self, level.v_gate_cross, v_sa),
+        (level.v_gate_cross, level.v_gate_self, v_ca),
+    ):
+        gate.kernel[...] = jnp.zeros_like(gate.kernel[...])
+        gate.bias[...] = jnp.full_like(gate.bias[...], 50.0)  # sigmoid -> 1
+        far.kernel[...] = jnp.zeros_like(far.kernel[...])
+        far.bias[...] = jnp.full_like(far.bias[...], -50.0)  # sigmoid -> 0
+        out_v, _ = level(v, a)
+        np.testing.assert_allclose(out_v, level.v_tcn(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("faithful", [True, False])
+def test_faithful_level_weights_make_the_exchange_query_constant(faithful):
+    cfg = FusionConfig(dim=8, heads=2, ffn_dim=8, levels=3, faithful_level_weights=faithful)
+    local = LocalFusion(cfg, nnx.Rngs(0))
+    local.eval()
+    for layer in (local.exchange.attn.q, local.exchange.attn.k, local.exchange.ffn.w1, local.exchange.ffn.w2):
+        layer.kernel[...] = jnp.full_like(layer.kernel[...], 5.0)  # Make the query's influence visible.
+    rng = np.random.default_rng(2)
+    v_levels, a_levels = (jnp.asarray(rng.standard_normal((1, 2, 3, 8)), jnp.float32) for _ in range(2))
+    v_w, _ = local.level_weights(v_levels, a_levels)
+    v_score = jax.nn.sigmoid(local.v_score(v_levels))[..., 0]
+    update = np.asarray(v_w - v_score)  # What the exchange layer added to each level's score.
+    same_for_all_levels = np.allclose(update, update[..., :1], atol=1e-5)
+    assert same_for_all_levels == faithful
+
+
+def test_concat_classifier_shares_its_weight_with_the_unimodal_heads():
+    model = AVCANet(TINY, nnx.Rngs(0))
+    model.eval()
+    out = model(*_batch())
+    np.testing.assert_allclose(out["logits"], out["logits_audio"] + out["logits_visual"], atol=1e-5)
+    a = jnp.asarray(np.random.default_rng(3).standard_normal((2, 32)), jnp.float32)
+    v = jnp.asarray(np.random.default_rng(4).standard_normal((2, 32)), jnp.float32)
+    z = model.classifier(a, v)
+    w, b = model.classifier.out.kernel[...], model.classifier.out.bias[...]
+    np.testing.assert_allclose(z["logits"], jnp.concatenate([a, v], -1) @ w + b, atol=1e-5)
+    np.testing.assert_allclose(z["logits_audio"], a @ w[:32] + b / 2, atol=1e-5)
+    assert len(jax.tree.leaves(nnx.state(model.classifier, nnx.Param))) == 2  # No extra parameters.
+
+
+@pytest.mark.parametrize(
+    "changes, keys",
+    [
+        ({"fusion": "sum"}, {"logits", "logits_audio", "logits_visual"}),
+        ({"fusion": "gated"}, {"logits"}),
+        ({"fusion": "film"}, {"logits"}),
+        ({"use_local": False}, {"logits", "logits_audio", "logits_visual"}),
+        ({"use_global": False}, {"logits", "logits_audio", "logits_visual"}),
+        ({"modalities": "audio"}, {"logits"}),
+        ({"modalities": "visual"}, {"logits"}),
+    ],
+)
+def test_ablations_build_and_run(changes, keys):
+    model = AVCANet(dataclasses.replace(TINY, **changes), nnx.Rngs(0))
+    video, audio = _batch()
+    out = model(video, audio)
+    assert set(out) == keys and out["logits"].shape == (2, 6)
+    assert np.isfinite(np.asarray(out["logits"])).all()
+    if changes.get("modalities") == "audio":
+        assert model.visual is None and model.local is None
+    if changes.get("use_local") is False:
+        assert model.local is None and model.glob is not None
+
+
+def test_bad_model_config_names_the_field():
+    with pytest.raises(ValueError, match="model.fusion"):
+        ModelConfig(fusion="attention")
+    with pytest.raises(ValueError, match="model.lgf.dim"):
+        ModelConfig(dim=256)
+
+
+def test_dropout_only_in_training_and_deterministic_in_eval():
+    model = AVCANet(TINY, nnx.Rngs(params=0, dropout=1))
+    video, audio = _batch()
+    model.train()
+    a, b = model(video, audio)["logits"], model(video, audio)["logits"]
+    assert not np.allclose(a, b)
+    model.eval()
+    np.testing.assert_array_equal(model(video, audio)["logits"], model(video, audio)["logits"])
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    model = AVCANet(dataclasses.replace(TINY, bfloat16=True), nnx.Rngs(0))
+    model.eval()
+    out = model(*_batch())
+    assert out["logits"].dtype == jnp.float32 and np.isfinite(np.asarray(out["logits"])).all()
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
+
+
+def test_remat_gives_the_same_gradients():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 32, 32, 3)), jnp.float32)
+
+    def grads(remat):
+        model = SwinTransformer3d(TINY_SWIN, nnx.Rngs(0), remat=remat)
+        model.eval()
+        g = nnx.jit(nnx.grad(lambda m: (m(x) ** 2).sum()))(model)
+        return jax.tree.leaves(nnx.state(g, nnx.Param))
+
+    for x, y in zip(grads(False), grads(True), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_every_parameter_has_logical_axes():
+    model = AVCANet(TINY, nnx.Rngs(0))
+    specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+    values = nnx.state(model, nnx.Param)
+    for spec, value in zip(jax.tree.leaves(specs, is_leaf=lambda x: x is None or hasattr(x, "index")),
+                           jax.tree.leaves(values), strict=True):  # fmt: skip
+        assert len(spec) == value.ndim
+
+
+def test_swin_inflation_from_2d_weights():
+    model = SwinTransformer3d(TINY_SWIN, nnx.Rngs(0))
+    keys = pretrained.swin3d_keys(model, "mmaction")
+    rng = np.random.default_rng(0)
+    state2d = {}
+    for name, (path, _) in keys.items():
+        target = np.asarray(dict(nnx.to_flat_state(nnx.state(model)))[path][...])
+        shape = target.shape[::-1] if target.ndim == 2 else target.shape
+        if name == "patch_embed.proj.weight":
+            shape = (16, 3, 4, 4)
+        elif name.endswith("relative_position_bias_table"):
+            shape = (13 * 13, target.shape[1])
+        state2d[name] = rng.standard_normal(shape).astype(np.float32)
+    state2d["head.weight"] = np.zeros((1000, 128), np.float32)  # Ignored.
+    pretrained.load_swin3d(model, state2d)  # Detected as 2D: a 4-D patch kernel.
+    kernel = np.asarray(model.patch_embed.proj.kernel[...])  # [2, 4, 4, 3, 16]
+    np.testing.assert_allclose(kernel.sum(0), state2d["patch_embed.proj.weight"].transpose(2, 3, 1, 0), atol=1e-6)
+    table = np.asarray(model.stages[0][0].attn.relative_position_bias_table[...])
+    assert table.shape == (15 * 169, 1)
+    np.testing.assert_array_equal(
+        table[169 * 7 : 169 * 8], state2d["layers.0.blocks.0.attn.relative_position_bias_table"]
+    )
+
+
+def test_mmaction_and_torchvision_layouts_load_the_same_weights():
+    a, b = SwinTransformer3d(TINY_SWIN, nnx.Rngs(0)), SwinTransformer3d(TINY_SWIN, nnx.Rngs(1))
+    tv, mm = pretrained.swin3d_keys(a, "torchvision"), pretrained.swin3d_keys(a, "mmaction")
+    flat = dict(nnx.to_flat_state(nnx.state(a)))
+    rng = np.random.default_rng(0)
+    by_path = {}
+    for name, (path, _) in tv.items():
+        t = np.asarray(flat[path][...])
+        torch_shape = t.T.shape if t.ndim == 2 and "table" not in name else t.shape
+        by_path[path] = rng.standard_normal(torch_shape if t.ndim < 5 else (16, 3, 2, 4, 4))
+    tv_state = {name: by_path[path].astype(np.float32) for name, (path, _) in tv.items()}
+    mm_state = {"backbone." + name: by_path[path].astype(np.float32) for name, (path, _) in mm.items()}
+    pretrained.load_swin3d(a, tv_state)
+    pretrained.load_swin3d(b, mm_state)
+    for x, y in zip(jax.tree.leaves(nnx.state(a, nnx.Param)), jax.tree.leaves(nnx.state(b, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(x, y)
