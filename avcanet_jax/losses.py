@@ -5,6 +5,9 @@ different polarity than the label: confusing Fear with Excitation costs more tha
 weight is a constant of the step (no gradient flows through the argmax), and the mean is a plain mean,
 not normalised by the weights. The training loss sums it over the fused and both unimodal logits,
 each with its own argmax.
+
+Which class has which polarity is the dataset's business: callers pass `class_polarity`, an int array
+indexed by class (see `tfds_emotions.classes.class_polarities`), so this module needs no dataset code.
 """
 
 from __future__ import annotations
@@ -13,29 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-
-from tfds_emotions.classes import EMOTIONS_CLASSES, EMOTIONS_POLARITY, POLARITIES
-
-# Polarity maps of the public benchmarks (SPEC §1): VE-8 as in VAANet; Ekman-6 joy and surprise positive.
-VE8_POLARITY = {
-    "Anger": "negative", "Anticipation": "positive", "Disgust": "negative", "Fear": "negative",
-    "Joy": "positive", "Sadness": "negative", "Surprise": "positive", "Trust": "positive",
-}  # fmt: skip
-EKMAN6_POLARITY = {
-    "anger": "negative", "disgust": "negative", "fear": "negative", "joy": "positive",
-    "sadness": "negative", "surprise": "positive",
-}  # fmt: skip
-POLARITY_MAPS = {"emotions": EMOTIONS_POLARITY, "video_emotion8": VE8_POLARITY, "ekman6": EKMAN6_POLARITY}
-
-
-def class_polarities(classes: Sequence[str], polarity_map: Mapping[str, str]) -> np.ndarray:
-    """[num_classes] int32: index into POLARITIES of each class, in class-index order."""
-    return np.array([POLARITIES.index(polarity_map[c]) for c in classes], np.int32)
-
-
-EMOTIONS_CLASS_POLARITY = class_polarities(EMOTIONS_CLASSES, EMOTIONS_POLARITY)
 
 
 def ep_ce_weights(
@@ -43,7 +24,7 @@ def ep_ce_weights(
 ) -> jax.Array:
     """[B] weights 1 + lambda_{pol(y)} * [pol(argmax z) != pol(y)], with no gradient.
 
-    `lambdas` is indexed like POLARITIES: (positive, neutral, negative).
+    `lambdas` is indexed like `tfds_emotions.classes.POLARITIES`: (positive, neutral, negative).
     """
     class_polarity = jnp.asarray(class_polarity)
     true_pol = class_polarity[labels]

@@ -146,7 +146,7 @@ class WindowAttention3d(nnx.Module):
             attn = attn.reshape(b, -1, self.num_heads, vol, vol) + mask[None, :, None]
             attn = attn.reshape(n, self.num_heads, vol, vol)
         attn = self.attn_drop(jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype))
-        out = jnp.einsum("nhqk,nhkd->nqhd", attn, v).reshape(n, vol, c)
+        out = jnp.einsum("nhqk,nhkd->nhqd", attn, v).transpose(0, 2, 1, 3).reshape(n, vol, c)
         out = self.proj_drop(self.proj(out))
         x = _merge(out, window, b, padded)
         if any(shift):

@@ -11,9 +11,16 @@ import optax
 import pytest
 
 from avcanet_jax import losses
-from tfds_emotions.classes import EMOTIONS_CLASSES, EMOTIONS_POLARITY, POLARITIES
+from tfds_emotions.classes import (
+    EKMAN6_POLARITY,
+    EMOTIONS_CLASSES,
+    EMOTIONS_POLARITY,
+    POLARITIES,
+    VE8_POLARITY,
+    class_polarities,
+)
 
-POL = losses.EMOTIONS_CLASS_POLARITY
+POL = np.array(class_polarities(EMOTIONS_CLASSES, EMOTIONS_POLARITY))
 LAMBDAS = (0.1, 0.2, 0.3)  # Distinct per polarity (positive, neutral, negative) to check the indexing.
 
 
@@ -68,5 +75,6 @@ def test_total_sums_the_heads_each_with_its_own_argmax_and_respects_the_mask():
 
 
 def test_polarity_maps_cover_the_benchmarks():
-    assert list(losses.class_polarities(sorted(losses.VE8_POLARITY), losses.VE8_POLARITY)) == [2, 0, 2, 2, 0, 2, 0, 0]
-    assert set(losses.EKMAN6_POLARITY.values()) == {"positive", "negative"}
+    assert class_polarities(sorted(VE8_POLARITY), VE8_POLARITY) == [2, 0, 2, 2, 0, 2, 0, 0]
+    assert class_polarities(EMOTIONS_CLASSES, EMOTIONS_POLARITY) == [0, 2, 1, 0, 2, 2]
+    assert set(EKMAN6_POLARITY.values()) == {"positive", "negative"}

@@ -18,6 +18,16 @@ EMOTIONS_POLARITY = {
     "Tension": "negative",
 }
 
+# Polarity maps of the public benchmarks (SPEC §1): VE-8 as in VAANet; Ekman-6 joy and surprise positive.
+VE8_POLARITY = {
+    "Anger": "negative", "Anticipation": "positive", "Disgust": "negative", "Fear": "negative",
+    "Joy": "positive", "Sadness": "negative", "Surprise": "positive", "Trust": "positive",
+}  # fmt: skip
+EKMAN6_POLARITY = {
+    "anger": "negative", "disgust": "negative", "fear": "negative", "joy": "positive",
+    "sadness": "negative", "surprise": "positive",
+}  # fmt: skip
+
 # Spellings seen in the raw release and in user copies, mapped to the canonical class name.
 _ALIASES = {"sad": "Sadness"}
 
@@ -40,3 +50,8 @@ def canonical_class(name: str, classes: tuple[str, ...] = EMOTIONS_CLASSES) -> s
 def polarity_index(class_name: str, polarity_map: dict[str, str] = EMOTIONS_POLARITY) -> int:
     """Index into POLARITIES of a class's polarity."""
     return POLARITIES.index(polarity_map[class_name])
+
+
+def class_polarities(classes: tuple[str, ...] | list[str], polarity_map: dict[str, str]) -> list[int]:
+    """Polarity index (into POLARITIES) of each class, in class-index order; what the EP-CE loss takes."""
+    return [polarity_index(c, polarity_map) for c in classes]
