@@ -48,6 +48,10 @@ def flops_of(jitted, *args) -> float:
     XLA hands to cuBLAS/cuDNN as custom calls (it reported 27 instead of 204 GFLOPs per clip on an H100).
     """
     cost = jitted.lower(*args).cost_analysis()
+    if cost is None:  # Some GPU builds give no lowered analysis; the CPU lowering of the same program does.
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
+        cost = jitted.lower(*specs).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", float("nan")))
 
