@@ -28,12 +28,13 @@ setuptools.setup(
         "simplejpeg>=1.8,<2",
         "pyarrow>=15",
         "pillow>=10",
+        "safetensors>=0.4",  # Pretrained weights without torch.
     ],
     extras_require={
         # TensorFlow only so that the tests can check `tfds.load` on tfrecord builds; nothing else needs it.
         "test": ["pytest>=8", "scikit-learn>=1.4", "ruff>=0.6", "tensorflow-cpu>=2.21,<2.22"],
         "tf": ["tensorflow-cpu>=2.21,<2.22"],
         "tpu": ["libtpu"],
-        "parity": ["torch", "torchvision", "safetensors"],
+        "parity": ["torch", "torchvision"],
     },
 )

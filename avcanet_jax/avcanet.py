@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from avcanet_jax.fusion import FusionConfig, GlobalFusion, LocalFusion
-from avcanet_jax.layers import BF16, FP32, Precision, linear
+from avcanet_jax.layers import BF16, FP32, Precision, constrain, linear
 from avcanet_jax.resnet import AUDIO_STEM, ResNet, batch_norm
 from avcanet_jax.swin3d import SWIN_SIZES, SwinConfig, SwinTransformer3d
 
@@ -88,9 +88,9 @@ class VisualBranch(nnx.Module):
     def __call__(self, video: jax.Array) -> jax.Array:
         b, s = video.shape[:2]
         x = video.reshape(b * s, *video.shape[2:]).astype(self.dtype) / 255.0 - 100.0 / 255.0
-        x = self.backbone(x)  # [B*S, T', H', W', C]
+        x = self.backbone(constrain(x, ("batch", None, None, None, None)))  # [B*S, T', H', W', C]
         x = self.drop(x.mean(axis=(2, 3))).mean(axis=1)
-        return self.proj(x).reshape(b, s, -1)
+        return constrain(self.proj(x).reshape(b, s, -1), ("batch", None, "embed"))
 
 
 class AudioBranch(nnx.Module):
@@ -105,8 +105,8 @@ class AudioBranch(nnx.Module):
 
     def __call__(self, audio: jax.Array) -> jax.Array:
         b, s, t, d = audio.shape
-        x = self.backbone(audio.reshape(b * s, t, d, 1).astype(self.dtype))
-        return jnp.tanh(self.norm(self.proj(x))).reshape(b, s, -1)
+        x = self.backbone(constrain(audio.reshape(b * s, t, d, 1).astype(self.dtype), ("batch", None, None, None)))
+        return constrain(jnp.tanh(self.norm(self.proj(x))).reshape(b, s, -1), ("batch", None, "embed"))
 
 
 class Classifier(nnx.Module):
@@ -174,4 +174,4 @@ class AVCANet(nnx.Module):
             v = v.mean(axis=1) if v is not None else None
             a = a.mean(axis=1) if a is not None else None
         out = self.classifier(a, v)
-        return {k: x.astype(jnp.float32) for k, x in out.items()}
+        return {k: constrain(x.astype(jnp.float32), ("batch", None)) for k, x in out.items()}

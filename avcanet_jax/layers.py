@@ -10,12 +10,32 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 # Same initialisers as the PyTorch references use, so models trained from scratch start alike.
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02)
+
+
+# Logical axis -> mesh axis, first match wins (flax.linen semantics). The trainer's config owns the table
+# it uses; this default shards the batch over "data" and parameters' large dimensions over "fsdp".
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("qkv", "tensor"),
+    ("heads", "tensor"),
+    ("conv_out", "fsdp"),
+    ("embed_out", "tensor"),
+)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Pins an activation's layout by logical axis names; a no-op unless a mesh and rules are active
+    (`jax.set_mesh(mesh)` and `flax.linen.logical_axis_rules(rules)`)."""
+    return nn.with_logical_constraint(x, tuple(axes))
 
 
 @dataclasses.dataclass(frozen=True)

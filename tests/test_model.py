@@ -204,3 +204,19 @@ def test_mmaction_and_torchvision_layouts_load_the_same_weights():
     pretrained.load_swin3d(b, mm_state)
     for x, y in zip(jax.tree.leaves(nnx.state(a, nnx.Param)), jax.tree.leaves(nnx.state(b, nnx.Param)), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_activations_follow_the_logical_rules_under_a_mesh():
+    import flax.linen as nn
+
+    from avcanet_jax.layers import DEFAULT_RULES
+
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    model = AVCANet(TINY, nnx.Rngs(0))
+    model.eval()
+    graphdef, state = nnx.split(model)
+    video, audio = _batch(b=4, s=2)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        out = jax.jit(lambda s, v, a: nnx.merge(graphdef, s)(v, a))(state, video, audio)
+    assert out["logits"].sharding.spec[0] == ("data", "fsdp")  # Batch split over data x fsdp.
+    np.testing.assert_allclose(out["logits"], model(video, audio)["logits"], atol=1e-4)
