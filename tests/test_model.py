@@ -220,3 +220,26 @@ def test_activations_follow_the_logical_rules_under_a_mesh():
         out = jax.jit(lambda s, v, a: nnx.merge(graphdef, s)(v, a))(state, video, audio)
     assert out["logits"].sharding.spec[0] == ("data", "fsdp")  # Batch split over data x fsdp.
     np.testing.assert_allclose(out["logits"], model(video, audio)["logits"], atol=1e-4)
+
+
+def test_fused_window_attention_matches_the_reference_path():
+    """Same function, compared in float64 (in float32 the deep chain amplifies rounding to ~1e-3 in grads)."""
+    from avcanet_jax.layers import Precision
+
+    cfg = SwinConfig(embed_dim=16, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 4))  # Block 2 of stage 1 is shifted.
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 32, 32, 3)), jnp.float64)
+        outs, grads = [], []
+        for fused in (False, True):
+            model = SwinTransformer3d(
+                dataclasses.replace(cfg, fused_attention=fused), nnx.Rngs(0), Precision(jnp.float64, jnp.float64)
+            )
+            model.eval()
+            outs.append(np.asarray(model(x)))
+            g = nnx.grad(lambda m: (m(x) ** 2).sum())(model)
+            grads.append([np.asarray(v) for v in jax.tree.leaves(nnx.state(g, nnx.Param))])
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-10)
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="attention_dropout"):
+        SwinConfig(fused_attention=True, attention_dropout=0.1)
