@@ -1,0 +1,44 @@
+"""Meshes from config and model state created sharded, on 8 fake CPU devices."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+from test_model import TINY
+
+from avcanet_jax import sharding
+from avcanet_jax.avcanet import AVCANet
+from avcanet_jax.layers import DEFAULT_RULES
+
+
+def test_mesh_shape_fills_one_axis_and_names_errors():
+    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == {"data": 4, "fsdp": 2, "tensor": 1}
+    with pytest.raises(ValueError, match="mesh.axes"):
+        sharding.mesh_shape({"data": -1, "fsdp": -1}, 8)
+    with pytest.raises(ValueError, match="mesh.axes"):
+        sharding.mesh_shape({"data": 3, "fsdp": -1}, 8)
+    with pytest.raises(ValueError, match="mesh.axes"):
+        sharding.mesh_shape({"data": 2, "fsdp": 2}, 8)
+
+
+def test_spec_replicates_dimensions_the_mesh_does_not_divide():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert sharding.spec_for(P("embed", "mlp"), (64, 128), mesh, DEFAULT_RULES) == P("fsdp", "tensor")
+    assert sharding.spec_for(P("embed", None), (63, 6), mesh, DEFAULT_RULES) == P(None, None)
+    assert sharding.spec_for(None, (5,), mesh, DEFAULT_RULES) == P()
+
+
+def test_model_is_created_sharded_with_the_same_values():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = sharding.create_sharded(lambda: AVCANet(TINY, nnx.Rngs(0)), mesh, DEFAULT_RULES)
+    fc1 = model.visual.backbone.stages[0][0].mlp.fc1.kernel[...]  # [16, 64]: (embed, mlp)
+    assert fc1.sharding.spec == P("fsdp", "tensor")
+    assert len(fc1.addressable_shards) == 8 and fc1.addressable_shards[0].data.shape == (8, 32)
+    reference = AVCANet(TINY, nnx.Rngs(0))
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(reference, nnx.Param)), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
