@@ -1,0 +1,112 @@
+"""From an `ml_collections` config to the typed configs the code uses, checked before anything compiles.
+
+Every error names the config field to change, e.g. "config.batch_size (10) must be divisible by ...",
+so a typo on a pod fails in seconds instead of after a long compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import jax
+
+from avcanet_jax.avcanet import ModelConfig
+from avcanet_jax.clip_sampling import ClipSpec
+from avcanet_jax.fusion import FusionConfig
+from avcanet_jax.input_pipeline import PipelineConfig
+from avcanet_jax.sharding import mesh_shape
+from avcanet_jax.swin3d import SWIN_SIZES, SwinConfig
+
+KNOWN_DATASETS = ("emotions",)
+BATCH_AXES = ("data", "fsdp")  # Mesh axes the batch is split over (see layers.DEFAULT_RULES).
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with the field's name."""
+
+
+def _swin(value, fused: bool) -> SwinConfig:
+    if isinstance(value, str):
+        if value not in SWIN_SIZES:
+            raise ConfigError(
+                f"config.model.swin: {value!r} is not one of {sorted(SWIN_SIZES)} or a dict of SwinConfig fields"
+            )
+        base = SWIN_SIZES[value]
+    elif isinstance(value, Mapping):
+        fields = {f.name for f in dataclasses.fields(SwinConfig)}
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise ConfigError(f"config.model.swin: unknown fields {unknown}; known: {sorted(fields)}")
+        base = SwinConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+    else:
+        raise ConfigError(f"config.model.swin: expected a size name or a dict, got {type(value).__name__}")
+    return dataclasses.replace(base, fused_attention=fused)
+
+
+def model_config(c) -> ModelConfig:
+    m = c.model
+    try:
+        return ModelConfig(
+            num_classes=m.num_classes, swin=_swin(m.swin, m.get("fused_attention", False)),
+            resnet_depth=m.resnet_depth, resnet_width=m.resnet_width, dim=m.dim, fusion=m.fusion,
+            modalities=m.modalities, use_local=m.use_local, use_global=m.use_global,
+            lgf=FusionConfig(dim=m.dim, levels=m.lgf_levels, faithful_level_weights=m.faithful_level_weights),
+            bfloat16=m.bfloat16, remat=m.remat,
+        )  # fmt: skip
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"config.{e}" if str(e).startswith("model.") else f"config.model: {e}") from e
+
+
+def clip_spec(c) -> ClipSpec:
+    d = c.data
+    try:
+        return ClipSpec(
+            num_segments=d.num_segments, frames_per_segment=d.frames_per_segment, crop_size=d.crop_size,
+            audio_frames=d.audio_frames, augment_prob=d.augment_prob,
+        )  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"config.data.audio_frames / config.data.num_segments: {e}") from e
+
+
+def pipeline_config(c) -> PipelineConfig:
+    return PipelineConfig(
+        dataset=c.data.dataset, data_dir=c.data.data_dir, clip=clip_spec(c), global_batch_size=c.batch_size,
+        seed=c.seed, num_workers=c.data.num_workers,
+    )  # fmt: skip
+
+
+def validate(c, num_devices: int | None = None, num_processes: int | None = None) -> dict:
+    """Checks the whole config; returns the resolved mesh shape. Raises ConfigError naming the field."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    num_processes = jax.process_count() if num_processes is None else num_processes
+    name = c.data.dataset.split("/")[0]
+    if name not in KNOWN_DATASETS:
+        raise ConfigError(f"config.data.dataset: unknown dataset {c.data.dataset!r}; known: {list(KNOWN_DATASETS)}")
+    try:
+        mesh = mesh_shape(c.mesh.axes, num_devices)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from e
+    batch_shards = math.prod(mesh.get(a, 1) for a in BATCH_AXES)
+    if c.batch_size <= 0 or c.batch_size % batch_shards:
+        raise ConfigError(
+            f"config.batch_size ({c.batch_size}) must be a positive multiple of the batch mesh axes "
+            f"{'x'.join(BATCH_AXES)} = {batch_shards}"
+        )
+    if c.batch_size % num_processes:
+        raise ConfigError(f"config.batch_size ({c.batch_size}) must be divisible by the {num_processes} processes")
+    for field, value in (("grad_accumulation", c.grad_accumulation), ("num_epochs", c.num_epochs)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config.{field} must be a positive integer, got {value!r}")
+    if c.optimizer.lr <= 0:
+        raise ConfigError(f"config.optimizer.lr must be positive, got {c.optimizer.lr}")
+    if c.loss not in ("ep_ce", "ce"):
+        raise ConfigError(f"config.loss must be 'ep_ce' or 'ce', got {c.loss!r}")
+    if len(c.ep_ce_lambdas) != 3:
+        raise ConfigError(f"config.ep_ce_lambdas needs 3 values (positive, neutral, negative), got {c.ep_ce_lambdas}")
+    clip_spec(c)
+    model_config(c)
+    return mesh

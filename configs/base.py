@@ -1,0 +1,68 @@
+"""The paper's recipe on eMotions (SPEC §5): AdamW 1.5e-4, wd 0.02, 30 epochs, batch 32 (8 x 4 accumulation),
+warm cosine schedule, EP-CE with lambda 0.5, fp32, seed 1.
+
+  python -m avcanet_jax.main --config=configs/base.py --workdir=W [--config.batch_size=64 ...]
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 1
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = "emotions/full"
+    c.data.data_dir = ml_collections.config_dict.placeholder(str)
+    c.data.num_workers = 8
+    c.data.num_segments = 16
+    c.data.frames_per_segment = 8
+    c.data.crop_size = 112
+    c.data.audio_frames = 4096
+    c.data.augment_prob = 0.3
+
+    c.model = ml_collections.ConfigDict()
+    c.model.num_classes = 6
+    # A size name ("tiny", "small", "base") or a dict of SwinConfig fields.
+    c.model.swin = ml_collections.FieldReference("tiny", field_type=object)
+    c.model.resnet_depth = 34
+    c.model.resnet_width = 64
+    c.model.dim = 512
+    c.model.fusion = "concat"
+    c.model.modalities = "audio_visual"
+    c.model.use_local = True
+    c.model.use_global = True
+    c.model.lgf_levels = 4
+    c.model.faithful_level_weights = True
+    c.model.bfloat16 = False
+    c.model.remat = False
+    c.model.fused_attention = False
+
+    c.loss = "ep_ce"  # or "ce"
+    c.ep_ce_lambdas = (0.5, 0.5, 0.5)  # positive, neutral, negative
+
+    c.batch_size = 8  # Per optimizer micro-step, over all devices.
+    c.grad_accumulation = 4  # Effective batch 32.
+    c.num_epochs = 30
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = 1.5e-4
+    c.optimizer.weight_decay = 0.02
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.grad_clip_norm = 0.0  # 0: no clipping (the authors clip nothing).
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.warmup_epochs = 1.5
+    c.schedule.decay_end_epoch = 28.5
+    c.schedule.warmup_start = 0.1
+    c.schedule.min_ratio = 0.01
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.axes = {"data": -1, "fsdp": 1, "tensor": 1}
+
+    c.init_from = ml_collections.config_dict.placeholder(str)  # Output of avcanet_jax.import_weights.
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3
+    c.log_every_steps = 50
+    return c
