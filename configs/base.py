@@ -65,4 +65,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
     c.log_every_steps = 50
+    c.max_steps = 0  # > 0: save and stop after this many steps in this run (a scheduled preemption).
     return c
