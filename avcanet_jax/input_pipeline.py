@@ -112,12 +112,13 @@ class _Padded:
         return self.source[index], index, valid
 
 
-def local_batch_size(cfg: PipelineConfig) -> int:
-    """Examples this process contributes to each global batch."""
-    count = jax.process_count()
+def _process_share(cfg: PipelineConfig, process_index: int | None, process_count: int | None) -> tuple[int, int, int]:
+    """(this process's index, process count, local batch size); the global batch must split evenly."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
     if cfg.global_batch_size % count:
         raise ValueError(f"global_batch_size ({cfg.global_batch_size}) must be divisible by {count} processes")
-    return cfg.global_batch_size // count
+    return index, count, cfg.global_batch_size // count
 
 
 def _prefetch(ds: grain.MapDataset, cfg: PipelineConfig) -> grain.IterDataset:
@@ -145,9 +146,7 @@ def train_dataset(
     yields is its local share of the global batch (see `to_global`).
     """
     source = data_source(cfg, split) if source is None else source
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    local = cfg.global_batch_size // count
+    index, count, local = _process_share(cfg, process_index, process_count)
     ds = grain.MapDataset.source(source)[index::count]
     if len(ds) < local:
         raise ValueError(f"{split}: {len(ds)} examples on process {index}, fewer than a local batch of {local}")
@@ -171,9 +170,7 @@ def eval_dataset(
     in the split, to map predictions back to `video_id`s.
     """
     source = data_source(cfg, split) if source is None else source
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    local = cfg.global_batch_size // count
+    index, count, local = _process_share(cfg, process_index, process_count)
     per_process = math.ceil(len(source) / count)
     length = math.ceil(per_process / local) * local
     ds = grain.MapDataset.source(_Padded(source, index, count, length)).map(EvalTransform(cfg.clip))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import jax
@@ -94,7 +95,7 @@ def test_process_slices_are_disjoint_and_complete(tiny_dataset):
 
 
 def test_eval_visits_every_example_once_with_padding(tiny_dataset):
-    cfg = _cfg(tiny_dataset)
+    cfg = dataclasses.replace(_cfg(tiny_dataset), global_batch_size=3)  # One example per process and step.
     source = ip.data_source(cfg, "train")
     n = len(source)
     indices, batches = [], []
@@ -133,3 +134,8 @@ def test_global_batches_are_sharded_over_the_mesh(tiny_dataset):
 def test_too_small_split_is_a_clear_error(tiny_dataset):
     with pytest.raises(ValueError, match="fewer than a local batch"):
         ip.train_dataset(ip.PipelineConfig(dataset="emotions/full", data_dir=tiny_dataset, global_batch_size=64))
+
+
+def test_global_batch_must_split_over_processes(tiny_dataset):
+    with pytest.raises(ValueError, match="divisible by 3 processes"):
+        ip.eval_dataset(_cfg(tiny_dataset), "train", process_index=0, process_count=3)
