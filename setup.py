@@ -29,6 +29,8 @@ setuptools.setup(
         "pyarrow>=15",
         "pillow>=10",
         "safetensors>=0.4",  # Pretrained weights without torch.
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow.
+        "matplotlib>=3.8",  # Confusion-matrix plots.
     ],
     extras_require={
         # TensorFlow only so that the tests can check `tfds.load` on tfrecord builds; nothing else needs it.

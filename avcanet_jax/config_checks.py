@@ -19,7 +19,7 @@ from avcanet_jax.input_pipeline import PipelineConfig
 from avcanet_jax.sharding import mesh_shape
 from avcanet_jax.swin3d import SWIN_SIZES, SwinConfig
 
-KNOWN_DATASETS = ("emotions",)
+KNOWN_DATASETS = ("emotions", "video_emotion8", "ekman6")
 BATCH_AXES = ("data", "fsdp")  # Mesh axes the batch is split over (see layers.DEFAULT_RULES).
 
 
@@ -28,6 +28,8 @@ class ConfigError(ValueError):
 
 
 def _swin(value, fused: bool) -> SwinConfig:
+    if hasattr(value, "to_dict"):  # A dict field comes back as a ConfigDict from config.json.
+        value = value.to_dict()
     if isinstance(value, str):
         if value not in SWIN_SIZES:
             raise ConfigError(
@@ -52,8 +54,11 @@ def model_config(c) -> ModelConfig:
             num_classes=m.num_classes, swin=_swin(m.swin, m.get("fused_attention", False)),
             resnet_depth=m.resnet_depth, resnet_width=m.resnet_width, dim=m.dim, fusion=m.fusion,
             modalities=m.modalities, use_local=m.use_local, use_global=m.use_global,
-            lgf=FusionConfig(dim=m.dim, levels=m.lgf_levels, faithful_level_weights=m.faithful_level_weights),
-            bfloat16=m.bfloat16, remat=m.remat,
+            lgf=FusionConfig(
+                dim=m.dim, levels=m.lgf_levels, heads=m.lgf_heads, global_heads=m.lgf_heads, ffn_dim=m.lgf_ffn_dim,
+                dropout=m.lgf_dropout, faithful_level_weights=m.faithful_level_weights,
+            ),
+            visual_dropout=m.visual_dropout, bfloat16=m.bfloat16, remat=m.remat,
         )  # fmt: skip
     except ConfigError:
         raise

@@ -9,75 +9,84 @@ checkpointing every `checkpoint_every_steps` and on SIGTERM, evaluating on valid
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import jax
-import numpy as np
 from absl import logging
 from flax import nnx
 
-from avcanet_jax import config_checks, input_pipeline, sharding, train_step
+from avcanet_jax import config_checks, evaluation, input_pipeline, sharding, train_step
 from avcanet_jax.avcanet import AVCANet
 from avcanet_jax.checkpointing import Checkpoints, abstract
 from avcanet_jax.layers import DEFAULT_RULES
-from avcanet_jax.metrics import classification_metrics
+from avcanet_jax.summaries import Summaries
 
 
 class NonFiniteLoss(RuntimeError):
     """Training produced NaN or inf; the last good checkpoint is kept."""
 
 
-def _dataset_info(pcfg: input_pipeline.PipelineConfig):
-    """(class names, class polarities, split names) of the built dataset."""
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    class_names: tuple[str, ...]
+    class_polarity: tuple[int, ...]
+    splits: frozenset[str]
+
+
+def dataset_info(dataset: str, data_dir: str | None) -> DatasetInfo:
+    """Class names, their polarities (the builder's map) and the splits of a built dataset."""
     import tensorflow_datasets as tfds
 
-    import tfds_emotions  # noqa: F401
-    from tfds_emotions.classes import EMOTIONS_POLARITY, class_polarities
+    import tfds_emotions  # noqa: F401 - registers the builders.
+    from tfds_emotions.classes import class_polarities
 
-    info = tfds.builder(pcfg.dataset, data_dir=pcfg.data_dir).info
-    names = info.features["label"].names
-    return tuple(names), tuple(class_polarities(names, EMOTIONS_POLARITY)), set(info.splits)
-
-
-def _write_json(path: str, obj) -> None:
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-
-
-def evaluate(eval_step, state, pcfg, split: str, batch_sharding, class_names, class_polarity) -> dict:
-    """Runs one pass over `split` and computes the metrics on the unpadded examples."""
-    labels, outputs = [], {}
-    source = input_pipeline.data_source(pcfg, split)
-    for batch in input_pipeline.eval_dataset(pcfg, split, source=source):
-        out = eval_step(state, input_pipeline.to_global(train_step.model_batch(batch), batch_sharding))
-        keep = np.asarray(batch["mask"])
-        labels.append(np.asarray(batch["label"])[keep])
-        for k, v in out.items():  # Single-process gather; multi-host evaluation is issue 5's.
-            outputs.setdefault(k, []).append(np.asarray(v)[keep])
-    out = {k: np.concatenate(v) for k, v in outputs.items()}
-    return classification_metrics(np.concatenate(labels), out, class_names, class_polarity)
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise config_checks.ConfigError(
+            f"config.data.dataset: {dataset} is not built under {builder.data_dir}; build it with "
+            f"`python -m tfds_emotions.build --config={dataset.split('/')[-1]} --data_dir=...` "
+            "(and set config.data.data_dir to the same place)"
+        )
+    names = tuple(builder.info.features["label"].names)
+    return DatasetInfo(names, tuple(class_polarities(names, type(builder).POLARITY)), frozenset(builder.info.splits))
 
 
-def train_and_evaluate(c, workdir: str) -> dict:
-    mesh_axes = config_checks.validate(c)
-    mesh = sharding.make_mesh(mesh_axes)
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config before the first step."""
+
+    mesh: jax.sharding.Mesh
+    pcfg: input_pipeline.PipelineConfig
+    data: DatasetInfo
+    graphdef: nnx.GraphDef
+    state: nnx.State
+    batch_sharding: jax.sharding.NamedSharding
+    train_step: Callable
+    eval_step: Callable
+    schedule: Callable
+    micro_per_epoch: int
+    total_steps: int
+
+
+def prepare(c) -> Run:
+    """Checks the config, builds the mesh and the sharded state, and jits the steps (compiled lazily)."""
+    mesh = sharding.make_mesh(config_checks.validate(c))
     pcfg = config_checks.pipeline_config(c)
     model_cfg = config_checks.model_config(c)
-    class_names, class_polarity, splits = _dataset_info(pcfg)
-    if len(class_names) != model_cfg.num_classes:
+    data = dataset_info(pcfg.dataset, pcfg.data_dir)
+    if len(data.class_names) != model_cfg.num_classes:
         raise config_checks.ConfigError(
-            f"config.model.num_classes ({model_cfg.num_classes}) != {len(class_names)} classes in {pcfg.dataset}"
+            f"config.model.num_classes ({model_cfg.num_classes}) != {len(data.class_names)} classes in {pcfg.dataset}"
         )
-    train_source = input_pipeline.data_source(pcfg, "train")
-    micro_per_epoch = len(train_source) // c.batch_size
+    micro_per_epoch = len(input_pipeline.data_source(pcfg, "train")) // c.batch_size
+    if micro_per_epoch == 0:
+        raise config_checks.ConfigError(f"config.batch_size ({c.batch_size}) exceeds the train split of {pcfg.dataset}")
     updates_per_epoch = max(micro_per_epoch // c.grad_accumulation, 1)
-    total_steps = micro_per_epoch * c.num_epochs
     tx = train_step.make_optimizer(c, updates_per_epoch)
 
     def make():
@@ -88,43 +97,85 @@ def train_and_evaluate(c, workdir: str) -> dict:
     graphdef, state = nnx.split((model, optimizer))
     shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = input_pipeline.batch_sharding(mesh, config_checks.BATCH_AXES)
-    spec = train_step.LossSpec(c.loss, class_polarity, tuple(c.ep_ce_lambdas))
+    spec = train_step.LossSpec(c.loss, data.class_polarity, tuple(c.ep_ce_lambdas))
     step_fn, eval_fn = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec)
+    return Run(
+        mesh, pcfg, data, graphdef, state, batch_sharding, step_fn, eval_fn,
+        train_step.make_schedule(c, updates_per_epoch), micro_per_epoch, micro_per_epoch * c.num_epochs,
+    )  # fmt: skip
 
-    data_iter = iter(input_pipeline.train_dataset(pcfg, source=train_source))
+
+def _evaluate(run: Run, state, split: str) -> dict:
+    return evaluation.evaluate(
+        run.eval_step, state, run.pcfg, split, run.batch_sharding, run.data.class_names, run.data.class_polarity
+    )
+
+
+def _headline(split: str, m: dict) -> str:
+    heads = (("audio-only", "audio_only_accuracy"), ("visual-only", "visual_only_accuracy"))
+    unimodal = "".join(f" {name} {m[key]:.3f}" for name, key in heads if key in m)
+    return f"{split}: accuracy {m['accuracy']:.3f} UAR {m['uar']:.3f} weighted F1 {m['weighted_f1']:.3f}{unimodal}"
+
+
+def train_and_evaluate(c, workdir: str) -> dict:
+    """Trains (resuming if `workdir` has checkpoints), then tests the best state. Returns the test metrics,
+    or {"stopped_at": step} when SIGTERM or `max_steps` ended the run early.
+
+    The SIGTERM handler is installed first, so a preemption that arrives while the program is still
+    compiling is honoured after the first step instead of killing the process."""
+    stop = {"requested": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    logging.info("training in %s; SIGTERM saves a checkpoint and stops", workdir)
+    try:
+        return _train(c, workdir, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(c, workdir: str, stop: dict) -> dict:
+    run = prepare(c)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as fh:
+            fh.write(c.to_json_best_effort(indent=1, sort_keys=True))
+    state, total, per_epoch = run.state, run.total_steps, run.micro_per_epoch
+    data_iter = iter(input_pipeline.train_dataset(run.pcfg))
     ckpt = Checkpoints(workdir, keep=c.keep_checkpoints)
-    start = 0
-    if ckpt.latest_step() is not None:
-        start = ckpt.latest_step()
+    start = ckpt.latest_step() or 0
+    if start:
         state = ckpt.restore(abstract(state), data_iter)
         logging.info("resumed from step %d", start)
     elif c.init_from:
         from avcanet_jax import import_weights
 
-        model, optimizer = nnx.merge(graphdef, state)
+        model, optimizer = nnx.merge(run.graphdef, state)
         import_weights.restore(model, c.init_from)
         state = nnx.state((model, optimizer))
         logging.info("initialised from %s", c.init_from)
 
-    stop = {"requested": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    history, t0, last_log = [], time.time(), time.time()
+    summaries = Summaries(workdir)
+    history, t0, last_log, last_step = [], time.time(), time.time(), start
     try:
-        for step in range(start, total_steps):
-            batch = input_pipeline.to_global(train_step.model_batch(next(data_iter)), batch_sharding)
-            state, metrics = step_fn(state, batch)
+        for step in range(start, total):
+            batch = input_pipeline.to_global(train_step.model_batch(next(data_iter)), run.batch_sharding)
+            state, metrics = run.train_step(state, batch)
             done = step + 1
-            if done % c.log_every_steps == 0 or done == total_steps:
+            if done % c.log_every_steps == 0 or done == total:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not all(math.isfinite(v) for v in metrics.values()):
                     raise NonFiniteLoss(f"non-finite metrics at step {done}: {metrics}; last checkpoint kept")
                 now = time.time()
-                rate = c.log_every_steps * c.batch_size / max(now - last_log, 1e-9)
-                eta = (total_steps - done) * c.batch_size / max(rate, 1e-9)
-                logging.info("step %d/%d loss %.4f acc %.3f %.1f clips/s ETA %.0fs", done, total_steps,
-                             metrics["loss"], metrics["accuracy"], rate, eta)  # fmt: skip
+                step_s = (now - last_log) / max(done - last_step, 1)
+                metrics["lr"] = float(run.schedule(step // c.grad_accumulation))
+                metrics["clips_per_s"] = c.batch_size / max(step_s, 1e-9)
+                logging.info(
+                    "step %d/%d epoch %d loss %.4f acc %.3f lr %.2e %.0f ms/step %.1f clips/s ETA %.0fs", done, total,
+                    math.ceil(done / per_epoch), metrics["loss"], metrics["accuracy"], metrics["lr"], 1e3 * step_s,
+                    metrics["clips_per_s"], (total - done) * step_s,
+                )  # fmt: skip
+                summaries.scalars(done, metrics, "train/")
                 history.append({"step": done, **metrics})
-                last_log = now
+                last_log, last_step = now, done
             if done % c.checkpoint_every_steps == 0:
                 ckpt.save(done, state, data_iter)
             if stop["requested"] or done == c.get("max_steps", 0):
@@ -133,19 +184,44 @@ def train_and_evaluate(c, workdir: str) -> dict:
                 logging.info("stopping at step %d (%s); resume continues from here", done,
                              "SIGTERM" if stop["requested"] else "max_steps")  # fmt: skip
                 return {"stopped_at": done}
-            if done % micro_per_epoch == 0 and "validation" in splits:
-                val = evaluate(eval_fn, state, pcfg, "validation", batch_sharding, class_names, class_polarity)
+            if done % per_epoch == 0 and "validation" in run.data.splits:
+                val = _evaluate(run, state, "validation")
+                logging.info("step %d %s", done, _headline("validation", val))
+                summaries.scalars(done, val, "validation/")
                 ckpt.save_best(done, state, {"uar": val["uar"], "accuracy": val["accuracy"]})
-                _write_json(os.path.join(workdir, "eval", "validation_metrics.json"), {"step": done, **val})
-        ckpt.save(total_steps, state, data_iter, force=True)
+                evaluation.write_report(workdir, "validation", val, run.data.class_names, step=done)
+        ckpt.save(total, state, data_iter, force=True)
         ckpt.wait()
         best_step, best = ckpt.restore_best(abstract(state))
-        test = evaluate(eval_fn, best if best is not None else state, pcfg, "test", batch_sharding, class_names,
-                        class_polarity)  # fmt: skip
-        result = {"best_step": best_step, "elapsed_s": time.time() - t0, **test}
-        _write_json(os.path.join(workdir, "eval", "test_metrics.json"), result)
-        _write_json(os.path.join(workdir, "train_history.json"), history)
+        test = _evaluate(run, best if best is not None else state, "test")
+        result = {"best_step": best_step or total, "elapsed_s": time.time() - t0, **test}
+        logging.info("%s (state of step %d)", _headline("test", test), result["best_step"])
+        summaries.scalars(total, test, "test/")
+        evaluation.write_report(workdir, "test", result, run.data.class_names)
+        evaluation.write_json(os.path.join(workdir, "train_history.json"), history)
         return result
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        summaries.close()
+        ckpt.close()
+
+
+def evaluate_workdir(c, workdir: str, splits: tuple[str, ...] = ("validation", "test")) -> dict[str, dict]:
+    """`--mode=eval`: the workdir's best state (else its latest) on each split that exists; reports written."""
+    run = prepare(c)
+    ckpt = Checkpoints(workdir, keep=c.keep_checkpoints)
+    try:
+        step, state = ckpt.restore_best(abstract(run.state))
+        if state is None:
+            step = ckpt.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"{workdir} holds no checkpoint to evaluate")
+            state = ckpt.restore(abstract(run.state))
+        results = {}
+        for split in splits:
+            if split in run.data.splits:
+                results[split] = {"checkpoint_step": step, **_evaluate(run, state, split)}
+                logging.info("%s (state of step %d)", _headline(split, results[split]), step)
+                evaluation.write_report(workdir, split, results[split], run.data.class_names)
+        return results
+    finally:
         ckpt.close()

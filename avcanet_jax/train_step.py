@@ -22,13 +22,18 @@ from avcanet_jax import losses
 from avcanet_jax.schedule import warm_cosine
 
 
-def make_optimizer(c, updates_per_epoch: int) -> optax.GradientTransformation:
-    """AdamW on the intended warm-cosine schedule, optional global-norm clipping, accumulation."""
-    schedule = warm_cosine(
+def make_schedule(c, updates_per_epoch: int) -> optax.Schedule:
+    """The learning rate as a function of the optimizer update count (not the micro-step)."""
+    return warm_cosine(
         c.optimizer.lr, updates_per_epoch, warmup_epochs=c.schedule.warmup_epochs,
         decay_end_epoch=c.schedule.decay_end_epoch, warmup_start=c.schedule.warmup_start,
         min_ratio=c.schedule.min_ratio,
     )  # fmt: skip
+
+
+def make_optimizer(c, updates_per_epoch: int) -> optax.GradientTransformation:
+    """AdamW on the intended warm-cosine schedule, optional global-norm clipping, accumulation."""
+    schedule = make_schedule(c, updates_per_epoch)
     parts = [optax.clip_by_global_norm(c.optimizer.grad_clip_norm)] if c.optimizer.grad_clip_norm else []
     parts.append(optax.adamw(schedule, b1=c.optimizer.b1, b2=c.optimizer.b2, weight_decay=c.optimizer.weight_decay))
     tx = optax.chain(*parts)

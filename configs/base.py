@@ -35,6 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.use_local = True
     c.model.use_global = True
     c.model.lgf_levels = 4
+    c.model.lgf_heads = 8  # Local and global attention heads.
+    c.model.lgf_ffn_dim = 512
+    c.model.lgf_dropout = 0.5  # The authors' residual and feed-forward dropout in LGF.
+    c.model.visual_dropout = 0.5  # On pooled Swin features.
     c.model.faithful_level_weights = True
     c.model.bfloat16 = False
     c.model.remat = False

@@ -18,12 +18,44 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> str:
-    """data_dir of an `emotions/full` build over 5 synthetic clips per class (30 videos)."""
-    from tfds_emotions import build
-
+def tiny_raw(tmp_path_factory) -> str:
+    """5 synthetic clips per class (30 videos) in class folders: `<root>/<Class>/v<k>.mp4`."""
     raw = str(tmp_path_factory.mktemp("tiny_raw"))
     mf.good_clips(raw, per_class=5)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_raw, tmp_path_factory) -> str:
+    """data_dir of an `emotions/full` build of `tiny_raw`: train 24, test 6, no validation."""
+    from tfds_emotions import build
+
     data_dir = str(tmp_path_factory.mktemp("tiny_data"))
-    build.build("full", data_dir, raw, num_workers=1)
+    build.build("full", data_dir, tiny_raw, num_workers=1)
     return data_dir
+
+
+def tiny_train_config(data_dir: str, **overrides):
+    """The demo model on `tiny_dataset` over a (4, 2) mesh: 3 steps per epoch, 2 epochs."""
+    from configs import demo
+
+    c = demo.get_config()
+    c.data.dataset = "emotions/full"
+    c.data.data_dir = data_dir
+    c.batch_size = 8
+    c.num_epochs = 2
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 1000
+    c.mesh.axes = {"data": 4, "fsdp": 2, "tensor": 1}
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return c
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_dataset, tmp_path_factory) -> tuple[str, dict]:
+    """(workdir, test metrics) of an uninterrupted training run with `tiny_train_config`."""
+    from avcanet_jax import train
+
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    return workdir, train.train_and_evaluate(tiny_train_config(tiny_dataset), workdir)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from flax import nnx
 
 from avcanet_jax import config_checks
-from configs import base, demo
+from avcanet_jax.avcanet import AVCANet
+from configs import ablations, base, demo
 
 
 @pytest.mark.parametrize("module", [base, demo])
@@ -38,3 +40,30 @@ def test_broken_config_names_the_field(change, field):
     with pytest.raises(config_checks.ConfigError) as err:
         config_checks.validate(c, num_devices=8, num_processes=1)
     assert str(err.value).startswith(field), str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(ablations.ABLATIONS))
+def test_every_ablation_config_validates_and_changes_one_thing(name):
+    paper, small = ablations.get_config(name), ablations.get_config(f"demo/{name}")
+    for c, recipe in ((paper, base.get_config()), (small, demo.get_config())):
+        config_checks.validate(c, num_devices=8, num_processes=1)
+        changed = {k for k, v in _flat(c).items() if _flat(recipe).get(k) != v}
+        assert changed == set(ablations.ABLATIONS[name]) | {"ablation"}
+    cfg = config_checks.model_config(small)
+    abstract = nnx.eval_shape(lambda: AVCANet(cfg, nnx.Rngs(0)))  # Builds without allocating.
+    assert abstract.cfg == cfg
+
+
+def test_unknown_ablation_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="no_local"):
+        ablations.get_config("demo/no_such_thing")
+
+
+def _flat(c, prefix=""):
+    out = {}
+    for k, v in c.items():
+        if hasattr(v, "items"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -82,7 +82,7 @@ def test_faithful_level_weights_make_the_exchange_query_constant(faithful):
 def test_concat_classifier_shares_its_weight_with_the_unimodal_heads():
     model = AVCANet(TINY, nnx.Rngs(0))
     model.eval()
-    out = model(*_batch())
+    out = nnx.jit(lambda m, v, a: m(v, a))(model, *_batch())
     np.testing.assert_allclose(out["logits"], out["logits_audio"] + out["logits_visual"], atol=1e-5)
     a = jnp.asarray(np.random.default_rng(3).standard_normal((2, 32)), jnp.float32)
     v = jnp.asarray(np.random.default_rng(4).standard_normal((2, 32)), jnp.float32)
@@ -137,7 +137,7 @@ def test_dropout_only_in_training_and_deterministic_in_eval():
 def test_bfloat16_compute_keeps_float32_parameters():
     model = AVCANet(dataclasses.replace(TINY, bfloat16=True), nnx.Rngs(0))
     model.eval()
-    out = model(*_batch())
+    out = nnx.jit(lambda m, v, a: m(v, a))(model, *_batch())  # Jitted: one compile, not one per op.
     assert out["logits"].dtype == jnp.float32 and np.isfinite(np.asarray(out["logits"])).all()
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
 
@@ -235,8 +235,8 @@ def test_fused_window_attention_matches_the_reference_path():
                 dataclasses.replace(cfg, fused_attention=fused), nnx.Rngs(0), Precision(jnp.float64, jnp.float64)
             )
             model.eval()
-            outs.append(np.asarray(model(x)))
-            g = nnx.jit(nnx.grad(lambda m: (m(x) ** 2).sum()))(model)
+            out, g = nnx.jit(lambda m: (m(x), nnx.grad(lambda m: (m(x) ** 2).sum())(m)))(model)
+            outs.append(np.asarray(out))
             grads.append([np.asarray(v) for v in jax.tree.leaves(nnx.state(g, nnx.Param))])
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-10)
     for a, b in zip(*grads, strict=True):

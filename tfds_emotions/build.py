@@ -16,17 +16,6 @@ from absl import app, flags, logging
 
 import tfds_emotions  # noqa: F401 - registers the builders.
 
-_CONFIG = flags.DEFINE_string("config", "full", "Builder config: full, balanced, test_oriented, synthetic.")
-_DATASET = flags.DEFINE_string("dataset", "emotions", "Registered builder name.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "The user's copy of the dataset.")
-_DATA_DIR = flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"), "Output root.")
-_FILE_FORMAT = flags.DEFINE_enum("file_format", "array_record", ["array_record", "tfrecord"], "Output format.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Decoding processes (default: all cores).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
-_VIDEO_COLUMN = flags.DEFINE_string("video_column", None, "Parquet column with video bytes (auto-detected).")
-_LABEL_COLUMN = flags.DEFINE_string("label_column", None, "Parquet column with the label (auto-detected).")
-_ID_COLUMN = flags.DEFINE_string("id_column", None, "Parquet column with the video id (auto-detected).")
-
 
 def build(
     config: str,
@@ -54,19 +43,35 @@ def build(
     return builder
 
 
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a program, so that importing `build` (as the trainer
+    does for the demo data) never clashes with the importer's own absl flags."""
+    flags.DEFINE_string("config", "full", "Builder config: full, balanced, test_oriented, synthetic.")
+    flags.DEFINE_string("dataset", "emotions", "Registered builder name.")
+    flags.DEFINE_string("manual_dir", None, "The user's copy of the dataset.")
+    flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"), "Output root.")
+    flags.DEFINE_enum("file_format", "array_record", ["array_record", "tfrecord"], "Output format.")
+    flags.DEFINE_integer("num_workers", None, "Decoding processes (default: all cores).")
+    flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
+    flags.DEFINE_string("video_column", None, "Parquet column with video bytes (auto-detected).")
+    flags.DEFINE_string("label_column", None, "Parquet column with the label (auto-detected).")
+    flags.DEFINE_string("id_column", None, "Parquet column with the video id (auto-detected).")
+
+
 def main(argv):
     del argv
+    FLAGS = flags.FLAGS
     builder = build(
-        _CONFIG.value,
-        _DATA_DIR.value,
-        _MANUAL_DIR.value,
-        dataset=_DATASET.value,
-        file_format=_FILE_FORMAT.value,
-        num_workers=_NUM_WORKERS.value,
-        overwrite=_OVERWRITE.value,
-        video_column=_VIDEO_COLUMN.value,
-        label_column=_LABEL_COLUMN.value,
-        id_column=_ID_COLUMN.value,
+        FLAGS.config,
+        FLAGS.data_dir,
+        FLAGS.manual_dir,
+        dataset=FLAGS.dataset,
+        file_format=FLAGS.file_format,
+        num_workers=FLAGS.num_workers,
+        overwrite=FLAGS.overwrite,
+        video_column=FLAGS.video_column,
+        label_column=FLAGS.label_column,
+        id_column=FLAGS.id_column,
     )
     report_path = os.path.join(os.fspath(builder.data_path), "build_report.json")
     summary = {name: split.num_examples for name, split in builder.info.splits.items()}
@@ -88,4 +93,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

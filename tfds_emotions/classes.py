@@ -28,6 +28,10 @@ EKMAN6_POLARITY = {
     "sadness": "negative", "surprise": "positive",
 }  # fmt: skip
 
+# Class order of the public benchmarks: alphabetical, as their releases and peer code index them.
+VE8_CLASSES = tuple(sorted(VE8_POLARITY))
+EKMAN6_CLASSES = tuple(sorted(EKMAN6_POLARITY))
+
 # Spellings seen in the raw release and in user copies, mapped to the canonical class name.
 _ALIASES = {"sad": "Sadness"}
 
@@ -35,16 +39,20 @@ _ALIASES = {"sad": "Sadness"}
 def canonical_class(name: str, classes: tuple[str, ...] = EMOTIONS_CLASSES) -> str | None:
     """Returns the canonical spelling of a class folder or label name, or None when unknown.
 
-    Matching ignores case so that `excitation/` and `Excitation/` are the same class, and accepts the
-    release's "Sad" for "Sadness". Unknown names return None rather than a guess: a video is never
-    filed under a class it was not labelled with.
+    Matching ignores case so that `excitation/` and `Excitation/` are the same class, accepts the
+    release's "Sad" for "Sadness", and reads a dash-prefixed archive name by its last part. Unknown
+    names return None rather than a guess: a video is never filed under a class it was not labelled with.
     """
     key = name.strip().lower()
     for c in classes:
         if c.lower() == key:
             return c
     alias = _ALIASES.get(key)
-    return alias if alias in classes else None
+    if alias in classes:
+        return alias
+    # Release archives prefix the class, e.g. VideoEmotion-8's "VideoEmotionDataset1-Anger".
+    prefix, sep, last = key.rpartition("-")
+    return canonical_class(last, classes) if sep and prefix else None
 
 
 def polarity_index(class_name: str, polarity_map: dict[str, str] = EMOTIONS_POLARITY) -> int:

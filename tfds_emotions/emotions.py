@@ -50,7 +50,8 @@ class EmotionsConfig(tfds.core.BuilderConfig):
       media_options: decoding and storage options (frames kept, resolution, audio features).
       fractions: train/validation/test fractions used when no split files are given.
       validation_fraction_of_train: share of the train list carved out as validation with split files.
-      split_number: which UCF101-style split lists to read (`trainlistNN.txt`).
+      split_number: which split lists to read (`trainlistNN.txt`, the JSON whose name ends in NN).
+      require_split_files: fail instead of drawing a random split (official benchmark splits).
       seed: seed of every sampling draw.
     """
 
@@ -60,6 +61,7 @@ class EmotionsConfig(tfds.core.BuilderConfig):
     fractions: tuple[tuple[str, float], ...] = (("train", 0.7), ("validation", 0.1), ("test", 0.2))
     validation_fraction_of_train: float = 0.125
     split_number: int = 1
+    require_split_files: bool = False
     seed: int = 0
 
 
@@ -94,6 +96,8 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
     CLASSES: tuple[str, ...] = EMOTIONS_CLASSES
     POLARITY: dict[str, str] = EMOTIONS_POLARITY
+    DESCRIPTION = _DESCRIPTION
+    HOMEPAGE = "https://arxiv.org/abs/2508.06902"
     BUILDER_CONFIGS = [
         EmotionsConfig(name="full", description="All videos; seeded stratified 70/10/20 split."),
         EmotionsConfig(name="balanced", variant="balanced", description="Category-balanced (our reconstruction)."),
@@ -102,6 +106,8 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
         ),
         EmotionsConfig(
             name="synthetic",
+            version="1.1.0",
+            release_notes={"1.1.0": "A larger disc kept near the middle, so every crop shows the visual cue."},
             synthetic_clips_per_class=50,
             description="300 generated clips whose labels need both audio and video; for demos and tests.",
         ),
@@ -126,7 +132,7 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         opts = self.builder_config.media_options
         return self.dataset_info_from_configs(
-            description=_DESCRIPTION,
+            description=self.DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {
                     "video_id": tfds.features.Text(doc="Class/id, unique within the dataset."),
@@ -151,7 +157,7 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
                 }
             ),
             supervised_keys=None,
-            homepage="https://arxiv.org/abs/2508.06902",
+            homepage=self.HOMEPAGE,
         )
 
     # -----------------------------------------------------------------------------------------------------
@@ -160,7 +166,7 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         if cfg.synthetic_clips_per_class:
             root = os.path.join(
-                dl_manager.download_dir, f"emotions_synthetic_{cfg.synthetic_clips_per_class}_{cfg.seed}"
+                dl_manager.download_dir, f"emotions_synthetic_{cfg.version}_{cfg.synthetic_clips_per_class}_{cfg.seed}"
             )
             return synthetic.write_dataset(root, cfg.synthetic_clips_per_class, cfg.seed)
         return os.fspath(dl_manager.manual_dir)
@@ -182,9 +188,13 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         root = self._source_root(dl_manager)
         items, skips = self._discover(root)
-        lists = sources.read_ucf_lists(root, self.CLASSES, cfg.split_number) or sources.read_activitynet_json(
-            root, self.CLASSES
-        )
+        lists = sources.read_split_files(root, items, self.CLASSES, cfg.split_number)
+        if lists is None and cfg.require_split_files:
+            raise ValueError(
+                f"{self.name}/{cfg.name} needs the benchmark's split files for split {cfg.split_number} under "
+                f"{root}: trainlist{cfg.split_number:02d}.txt + testlist{cfg.split_number:02d}.txt, an "
+                "ActivityNet-style JSON, or train/ and test/ folders (see the README)"
+            )
         by_split, more = splits.assign(
             items,
             lists,

@@ -78,12 +78,23 @@ def discover_videos(root: str, classes: Sequence[str]) -> tuple[list[Item], list
     return items, skips
 
 
+_FRAME_DIRS = {"img": "mp3", "imgs": "mp3", "frames": "mp3"}  # Peer repositories' names (VE-8, Ekman-6).
+
+
 def find_processed_layout(root: str) -> tuple[str, str | None] | None:
-    """(frames_root, audio_root) of the authors' `*_imgs/` + `*_mp3/` layout, if `root` holds one."""
+    """(frames_root, audio_root) of a processed layout, if `root` holds one: the authors' `X_imgs/` +
+    `X_mp3/`, or `img/` (or `imgs/`, `frames/`) + `mp3/` as peer code lays out VE-8 and Ekman-6."""
     for name in sorted(os.listdir(root)):
-        if name.endswith("_imgs") and os.path.isdir(os.path.join(root, name)):
-            audio = os.path.join(root, name[: -len("_imgs")] + "_mp3")
-            return os.path.join(root, name), audio if os.path.isdir(audio) else None
+        if not os.path.isdir(os.path.join(root, name)):
+            continue
+        if name.endswith("_imgs"):
+            audio = name[: -len("_imgs")] + "_mp3"
+        elif name.lower() in _FRAME_DIRS:
+            audio = _FRAME_DIRS[name.lower()]
+        else:
+            continue
+        audio = os.path.join(root, audio)
+        return os.path.join(root, name), audio if os.path.isdir(audio) else None
     return None
 
 
@@ -252,12 +263,20 @@ def read_ucf_lists(root: str, classes: Sequence[str], split_number: int = 1) -> 
     return SplitLists(pools, f"{found['train']}, {found['test']}")
 
 
-def read_activitynet_json(root: str, classes: Sequence[str]) -> SplitLists | None:
+def _trailing_number(path: str) -> int | None:
+    m = re.search(r"(\d+)$", os.path.splitext(os.path.basename(path))[0])
+    return int(m.group(1)) if m else None
+
+
+def read_activitynet_json(root: str, classes: Sequence[str], split_number: int = 1) -> SplitLists | None:
     """ActivityNet-style annotation JSON ({"labels": [...], "database": {...}}), if present.
 
     Its "training" subset becomes the train pool; "validation" and "testing" become test, because peer
     code (VAANet, CTEN) names its test set "validation". Our validation split is carved from train.
+    With several such files (one per split, e.g. `ve8_01.json` ... `ve8_10.json`) the one whose name ends
+    in `split_number` is read; a single file serves split 1.
     """
+    found = {}
     for path in _walk_files(root):
         if not path.lower().endswith(".json"):
             continue
@@ -266,8 +285,18 @@ def read_activitynet_json(root: str, classes: Sequence[str]) -> SplitLists | Non
                 data = json.load(fh)
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or "database" not in data:
-            continue
+        if isinstance(data, dict) and "database" in data:
+            found[path] = data
+    if len(found) > 1:
+        numbered = {p: d for p, d in found.items() if _trailing_number(p) == split_number}
+        if len(numbered) != 1:
+            raise ValueError(
+                f"split {split_number:02d}: {len(numbered)} of the annotation files {sorted(found)} end in that number"
+            )
+        found = numbered
+    elif split_number != 1 and found and _trailing_number(next(iter(found))) != split_number:
+        raise ValueError(f"split {split_number:02d}: the only annotation file is {next(iter(found))}")
+    for path, data in found.items():
         pools = {"train": [], "test": []}
         for vid, entry in sorted(data["database"].items()):
             label = canonical_class(str(entry.get("annotations", {}).get("label", "")), tuple(classes))
@@ -280,3 +309,27 @@ def read_activitynet_json(root: str, classes: Sequence[str]) -> SplitLists | Non
             pools[pool].append(make_key(label, _strip_ext(vid.rsplit("/", 1)[-1])))
         return SplitLists(pools, path)
     return None
+
+
+_SPLIT_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing": "test"}
+
+
+def read_split_folders(root: str, items: Sequence[Item]) -> SplitLists | None:
+    """Pools from a `<root>/train/<Class>/...` + `<root>/test/<Class>/...` layout, if the videos lie so."""
+    pools: dict[str, list[str]] = {"train": [], "test": []}
+    for it in items:
+        top = os.path.relpath(it.path, root).split(os.sep)[0].lower()
+        if top in _SPLIT_FOLDERS:
+            pools[_SPLIT_FOLDERS[top]].append(it.key)
+    if not pools["train"] or not pools["test"]:
+        return None
+    return SplitLists(pools, f"{root}/{{train,test}}/ folders")
+
+
+def read_split_files(root: str, items: Sequence[Item], classes: Sequence[str], split_number: int) -> SplitLists | None:
+    """The user's split definition, first found of: UCF101-style lists, ActivityNet JSON, split folders."""
+    return (
+        read_ucf_lists(root, classes, split_number)
+        or read_activitynet_json(root, classes, split_number)
+        or (read_split_folders(root, items) if split_number == 1 else None)
+    )

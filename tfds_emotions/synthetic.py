@@ -50,9 +50,10 @@ def write_clip(
     duration = num_frames / fps
 
     yy, xx = np.mgrid[0:height, 0:width]
-    start = rng.uniform([0.2 * width, 0.2 * height], [0.8 * width, 0.8 * height])
-    velocity = rng.uniform(-1, 1, size=2) * np.array([width, height]) / num_frames
-    radius = rng.uniform(0.12, 0.2) * width
+    # A large disc that stays near the middle, so that every square crop the pipeline takes shows it.
+    start = rng.uniform([0.35 * width, 0.35 * height], [0.65 * width, 0.65 * height])
+    velocity = rng.uniform(-0.25, 0.25, size=2) * np.array([width, height]) / num_frames
+    radius = rng.uniform(0.25, 0.35) * width
     base = rng.integers(60, 140, size=3)
     colour = np.clip(np.array(_HUES[group]) + rng.integers(-25, 26, size=3), 0, 255)
 

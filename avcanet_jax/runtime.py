@@ -1,0 +1,65 @@
+"""Process-level set-up shared by the command-line programs (`main`, `protocol`): multi-process start,
+quieter library logging, and the demo data made on first use."""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+
+import jax
+from absl import logging
+
+# Variables that launchers set when a job spans several processes (value: how to read the count).
+_CLUSTER_HINTS = {
+    "JAX_COORDINATOR_ADDRESS": None,  # Set by hand or by launch/ scripts.
+    "SLURM_NTASKS": int,
+    "OMPI_COMM_WORLD_SIZE": int,
+    "TPU_WORKER_HOSTNAMES": lambda v: len(v.split(",")),  # Multi-host TPU VM slices.
+}
+
+
+def several_processes() -> bool:
+    """Whether the environment describes a job of more than one process."""
+    for name, count in _CLUSTER_HINTS.items():
+        value = os.environ.get(name)
+        if value and (count is None or count(value) > 1):
+            return True
+    return False
+
+
+class _QuietLibraries:
+    """Drops the INFO lines Orbax writes for every save and restore (dozens per checkpoint), which would
+    bury the training progress; their warnings and errors still show."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def start(distributed: str = "auto") -> None:
+    """Call first in a program: logging filter, then `jax.distributed.initialize()` when wanted
+    ("on"), or when the environment shows several processes ("auto")."""
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    if distributed == "on" or (distributed == "auto" and several_processes()):
+        jax.distributed.initialize()
+    logging.info(
+        "process %d of %d, %d local of %d devices (%s)", jax.process_index(), jax.process_count(),
+        jax.local_device_count(), jax.device_count(), jax.devices()[0].platform,
+    )  # fmt: skip
+
+
+def ensure_data(dataset: str, data_dir: str | None) -> None:
+    """The demo's synthetic dataset is generated on first use; real datasets must be built by the user."""
+    import tensorflow_datasets as tfds
+
+    import tfds_emotions  # noqa: F401
+    from tfds_emotions import build
+
+    name, _, config = dataset.partition("/")
+    if config == "synthetic" and not tfds.builder(dataset, data_dir=data_dir).is_prepared():
+        if jax.process_index() == 0:
+            logging.info("building %s (first run only)", dataset)
+            build.build(config, data_dir or os.path.expanduser("~/tensorflow_datasets"), dataset=name)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("synthetic dataset built")
