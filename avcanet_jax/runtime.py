@@ -40,7 +40,13 @@ def start(distributed: str = "auto") -> None:
     ("on"), or when the environment shows several processes ("auto")."""
     logging.get_absl_handler().addFilter(_QuietLibraries())
     if distributed == "on" or (distributed == "auto" and several_processes()):
-        jax.distributed.initialize()
+        kwargs = {}
+        if "JAX_NUM_PROCESSES" in os.environ:  # A hand-made cluster: JAX_COORDINATOR_ADDRESS=host:port too.
+            kwargs = {
+                "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+                "process_id": int(os.environ["JAX_PROCESS_ID"]),
+            }
+        jax.distributed.initialize(**kwargs)
     logging.info(
         "process %d of %d, %d local of %d devices (%s)", jax.process_index(), jax.process_count(),
         jax.local_device_count(), jax.device_count(), jax.devices()[0].platform,

@@ -20,7 +20,7 @@ import jax
 from absl import logging
 from flax import nnx
 
-from avcanet_jax import config_checks, evaluation, input_pipeline, sharding, train_step
+from avcanet_jax import config_checks, datasets, evaluation, input_pipeline, sharding, train_step
 from avcanet_jax.avcanet import AVCANet
 from avcanet_jax.checkpointing import Checkpoints, abstract
 from avcanet_jax.layers import DEFAULT_RULES
@@ -31,38 +31,13 @@ class NonFiniteLoss(RuntimeError):
     """Training produced NaN or inf; the last good checkpoint is kept."""
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    class_names: tuple[str, ...]
-    class_polarity: tuple[int, ...]
-    splits: frozenset[str]
-
-
-def dataset_info(dataset: str, data_dir: str | None) -> DatasetInfo:
-    """Class names, their polarities (the builder's map) and the splits of a built dataset."""
-    import tensorflow_datasets as tfds
-
-    import tfds_emotions  # noqa: F401 - registers the builders.
-    from tfds_emotions.classes import class_polarities
-
-    builder = tfds.builder(dataset, data_dir=data_dir)
-    if not builder.is_prepared():
-        raise config_checks.ConfigError(
-            f"config.data.dataset: {dataset} is not built under {builder.data_dir}; build it with "
-            f"`python -m tfds_emotions.build --config={dataset.split('/')[-1]} --data_dir=...` "
-            "(and set config.data.data_dir to the same place)"
-        )
-    names = tuple(builder.info.features["label"].names)
-    return DatasetInfo(names, tuple(class_polarities(names, type(builder).POLARITY)), frozenset(builder.info.splits))
-
-
 @dataclasses.dataclass
 class Run:
     """Everything built from a config before the first step."""
 
     mesh: jax.sharding.Mesh
     pcfg: input_pipeline.PipelineConfig
-    data: DatasetInfo
+    data: datasets.Info
     graphdef: nnx.GraphDef
     state: nnx.State
     batch_sharding: jax.sharding.NamedSharding
@@ -78,10 +53,11 @@ def prepare(c) -> Run:
     mesh = sharding.make_mesh(config_checks.validate(c))
     pcfg = config_checks.pipeline_config(c)
     model_cfg = config_checks.model_config(c)
-    data = dataset_info(pcfg.dataset, pcfg.data_dir)
-    if len(data.class_names) != model_cfg.num_classes:
+    data = datasets.info(pcfg.dataset, pcfg.data_dir)
+    num_classes = len(data.card.class_names)
+    if num_classes != model_cfg.num_classes:
         raise config_checks.ConfigError(
-            f"config.model.num_classes ({model_cfg.num_classes}) != {len(data.class_names)} classes in {pcfg.dataset}"
+            f"config.model.num_classes ({model_cfg.num_classes}) != {num_classes} classes in {pcfg.dataset}"
         )
     micro_per_epoch = len(input_pipeline.data_source(pcfg, "train")) // c.batch_size
     if micro_per_epoch == 0:
@@ -97,7 +73,7 @@ def prepare(c) -> Run:
     graphdef, state = nnx.split((model, optimizer))
     shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = input_pipeline.batch_sharding(mesh, config_checks.BATCH_AXES)
-    spec = train_step.LossSpec(c.loss, data.class_polarity, tuple(c.ep_ce_lambdas))
+    spec = train_step.LossSpec(c.loss, data.card.class_polarity, tuple(c.ep_ce_lambdas))
     step_fn, eval_fn = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec)
     return Run(
         mesh, pcfg, data, graphdef, state, batch_sharding, step_fn, eval_fn,
@@ -107,7 +83,13 @@ def prepare(c) -> Run:
 
 def _evaluate(run: Run, state, split: str) -> dict:
     return evaluation.evaluate(
-        run.eval_step, state, run.pcfg, split, run.batch_sharding, run.data.class_names, run.data.class_polarity
+        run.eval_step,
+        state,
+        run.pcfg,
+        split,
+        run.batch_sharding,
+        run.data.card.class_names,
+        run.data.card.class_polarity,
     )
 
 
@@ -189,7 +171,7 @@ def _train(c, workdir: str, stop: dict) -> dict:
                 logging.info("step %d %s", done, _headline("validation", val))
                 summaries.scalars(done, val, "validation/")
                 ckpt.save_best(done, state, {"uar": val["uar"], "accuracy": val["accuracy"]})
-                evaluation.write_report(workdir, "validation", val, run.data.class_names, step=done)
+                evaluation.write_report(workdir, "validation", val, run.data.card.class_names, step=done)
         ckpt.save(total, state, data_iter, force=True)
         ckpt.wait()
         best_step, best = ckpt.restore_best(abstract(state))
@@ -197,7 +179,7 @@ def _train(c, workdir: str, stop: dict) -> dict:
         result = {"best_step": best_step or total, "elapsed_s": time.time() - t0, **test}
         logging.info("%s (state of step %d)", _headline("test", test), result["best_step"])
         summaries.scalars(total, test, "test/")
-        evaluation.write_report(workdir, "test", result, run.data.class_names)
+        evaluation.write_report(workdir, "test", result, run.data.card.class_names)
         evaluation.write_json(os.path.join(workdir, "train_history.json"), history)
         return result
     finally:
@@ -221,7 +203,7 @@ def evaluate_workdir(c, workdir: str, splits: tuple[str, ...] = ("validation", "
             if split in run.data.splits:
                 results[split] = {"checkpoint_step": step, **_evaluate(run, state, split)}
                 logging.info("%s (state of step %d)", _headline(split, results[split]), step)
-                evaluation.write_report(workdir, split, results[split], run.data.class_names)
+                evaluation.write_report(workdir, split, results[split], run.data.card.class_names)
         return results
     finally:
         ckpt.close()

@@ -1,0 +1,163 @@
+r"""Compile the real train step for a TPU slice on this machine, and say whether it fits and how fast.
+
+  pip install -e ".[tpu]"   # libtpu: XLA's TPU compiler, usable without a TPU
+  python -m avcanet_jax.aot --config=configs/base.py --topology=v5e:4x4 [--config.batch_size=256 ...]
+
+Builds the config's mesh over the topology's devices, the sharded abstract train state and a batch of
+abstract arrays, and compiles the same jitted step `train.py` runs (`train_step.make_steps`) with XLA's
+TPU compiler. Prints the per-chip memory XLA allocates (arguments, outputs, temporaries; donated state
+counted once), the FLOPs per step, and a roofline step time from XLA's cost analysis and the chip's peak
+figures. Exits 1 with a message when the step does not fit the chip's HBM. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags, logging
+from flax import nnx
+
+from avcanet_jax import config_checks, datasets, input_pipeline, sharding, train_step
+from avcanet_jax.avcanet import AVCANet
+from avcanet_jax.layers import DEFAULT_RULES
+
+GIB = 2**30
+
+# Per chip: HBM, peak bf16 matrix FLOP/s, HBM bandwidth (Google Cloud TPU documentation).
+CHIPS = {
+    "TPU v4": (32 * GIB, 275e12, 1.2e12),
+    "TPU v5 lite": (16 * GIB, 197e12, 0.819e12),
+    "TPU v5": (95 * GIB, 459e12, 2.765e12),
+    "TPU v6 lite": (32 * GIB, 918e12, 1.64e12),
+}
+
+
+def chip_figures(device_kind: str) -> tuple[int, float, float]:
+    for kind in sorted(CHIPS, key=len, reverse=True):  # "TPU v5 lite" before "TPU v5".
+        if device_kind.startswith(kind):
+            return CHIPS[kind]
+    raise ValueError(f"no HBM/peak figures for {device_kind!r}; known: {sorted(CHIPS)}")
+
+
+def abstract_batch(c, batch_sharding) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes and dtypes the input pipeline yields for this config, laid out over the mesh."""
+    d = c.data
+    audio_dim = datasets.card(d.dataset).media_options.audio_dim
+    shapes = {
+        "video": ((c.batch_size, d.num_segments, d.frames_per_segment, d.crop_size, d.crop_size, 3), jnp.uint8),
+        "audio": ((c.batch_size, d.num_segments, d.audio_frames // d.num_segments, audio_dim), jnp.float32),
+        "label": ((c.batch_size,), jnp.int32),
+        "mask": ((c.batch_size,), jnp.bool_),
+    }
+    return {k: jax.ShapeDtypeStruct(s, t, sharding=batch_sharding) for k, (s, t) in shapes.items()}
+
+
+def compile_train_step(c, devices) -> tuple[jax.stages.Compiled, jax.sharding.Mesh]:
+    """The jitted train step of `train.py`, compiled for `devices` (real or from a topology)."""
+    num_processes = len({getattr(d, "process_index", 0) for d in devices})
+    mesh = sharding.make_mesh(config_checks.validate(c, len(devices), num_processes), devices)
+    model_cfg = config_checks.model_config(c)
+    card = datasets.card(c.data.dataset)
+    if len(card.class_names) != model_cfg.num_classes:
+        raise config_checks.ConfigError(
+            f"config.model.num_classes ({model_cfg.num_classes}) != {len(card.class_names)} classes in {c.data.dataset}"
+        )
+    tx = train_step.make_optimizer(c, updates_per_epoch=1000)  # The schedule's length does not change the step.
+
+    def make():
+        model = AVCANet(model_cfg, nnx.Rngs(params=c.seed, dropout=c.seed + 1))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    graphdef, state = nnx.split(nnx.eval_shape(make))
+    shardings = sharding.state_shardings(state, mesh, DEFAULT_RULES)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    batch_sharding = input_pipeline.batch_sharding(mesh, config_checks.BATCH_AXES)
+    spec = train_step.LossSpec(c.loss, card.class_polarity, tuple(c.ep_ce_lambdas))
+    step, _ = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec)
+    return step.lower(state, abstract_batch(c, batch_sharding)).compile(), mesh
+
+
+def report(c, topology: str, chip_memory: int | None = None) -> dict:
+    """Compiles for `topology` and returns the figures printed by the command."""
+    from jax.experimental import topologies
+
+    # v4 chips have two TensorCores; JAX runs them as one "megacore" device on real hosts, so compile so.
+    kwargs = {"chip_config_name": "megacore"} if topology.startswith("v4") else {}
+    devices = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices
+    hbm, peak_flops, bandwidth = chip_figures(devices[0].device_kind)
+    hbm = chip_memory or hbm
+    # Should a chip still show up as several devices, they share its HBM and peak.
+    per_chip_devices = len({getattr(d, "core_on_chip", 0) for d in devices})
+    compiled, mesh = compile_train_step(c, devices)
+    mem = compiled.memory_analysis()  # Per device: every device runs the same partitioned program.
+    per_device = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+    per_device += mem.temp_size_in_bytes + mem.generated_code_size_in_bytes
+    per_chip = per_device * per_chip_devices
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops_device = float(cost.get("flops", 0.0))
+    bytes_device = float(cost.get("bytes accessed", 0.0))
+    step_s = max(flops_device * per_chip_devices / peak_flops, bytes_device * per_chip_devices / bandwidth)
+    return {
+        "topology": topology,
+        "device_kind": devices[0].device_kind,
+        "chips": len(devices) // per_chip_devices,
+        "devices": len(devices),
+        "mesh": dict(mesh.shape),
+        "batch_size": c.batch_size,
+        "per_chip_bytes": int(per_chip),
+        "per_chip_gib": round(per_chip / GIB, 3),
+        "memory_per_device": {
+            "arguments": int(mem.argument_size_in_bytes),
+            "outputs": int(mem.output_size_in_bytes),
+            "aliased": int(mem.alias_size_in_bytes),
+            "temporaries": int(mem.temp_size_in_bytes),
+            "code": int(mem.generated_code_size_in_bytes),
+        },
+        "chip_hbm_bytes": int(hbm),
+        "fits": per_chip <= hbm,
+        "flops_per_step": flops_device * len(devices),
+        "bytes_accessed_per_chip": bytes_device * per_chip_devices,
+        "estimated_step_s": step_s,
+        "estimated_clips_per_s": c.batch_size / step_s if step_s else None,
+    }
+
+
+def _define_flags() -> None:
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.", lock_config=True)
+    flags.DEFINE_string("topology", None, "A TPU topology name, e.g. v5e:4x4, v4:2x2x2, v5p:4x4x4.")
+    flags.DEFINE_float("chip_memory_gib", None, "Override the chip's HBM (GiB).")
+    flags.mark_flags_as_required(["config", "topology"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    memory = int(f.chip_memory_gib * GIB) if f.chip_memory_gib else None
+    result = report(f.config, f.topology, memory)
+    logging.info(
+        "%s (%d x %s), mesh %s: %.2f GiB per chip of %.0f GiB; %.3g FLOPs per step; roofline %.1f ms per step,"
+        " %.0f clips/s", result["topology"], result["chips"], result["device_kind"], result["mesh"],
+        result["per_chip_gib"], result["chip_hbm_bytes"] / GIB, result["flops_per_step"],
+        1e3 * result["estimated_step_s"], result["estimated_clips_per_s"] or math.nan,
+    )  # fmt: skip
+    print(json.dumps(result), flush=True)
+    if not result["fits"]:
+        print(
+            f"does not fit: {result['per_chip_gib']:.2f} GiB per chip > {result['chip_hbm_bytes'] / GIB:.0f} GiB "
+            "of HBM; shard more (config.mesh.axes fsdp), lower config.batch_size, or set config.model.remat=True",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,48 @@
+"""`python -m avcanet_jax.aot` compiles the real train step for a TPU topology with libtpu on this CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from avcanet_jax import aot
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_step_compiles_for_a_v5e_slice_reports_its_figures_and_exits_1_when_it_does_not_fit():
+    """One compile (about a minute on 2 cores): the demo step on a 2x2 v5e slice with its HBM set below
+    what the step needs, so the same run checks the figures and the does-not-fit exit."""
+    pytest.importorskip("libtpu", reason="the ahead-of-time TPU compile needs the `tpu` extra (libtpu)")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "avcanet_jax.aot", "--config=configs/demo.py", "--topology=v5e:2x2",
+         "--config.batch_size=16", "--config.mesh.axes.data=2", "--config.mesh.axes.fsdp=2", "--chip_memory_gib=0.01"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["topology"] == "v5e:2x2" and result["chips"] == 4 and result["device_kind"] == "TPU v5 lite"
+    assert result["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+    memory = result["memory_per_device"]
+    assert (
+        result["per_chip_bytes"]
+        == sum(memory[k] for k in ("arguments", "outputs", "temporaries", "code")) - memory["aliased"]
+    )
+    assert memory["aliased"] > 0  # The donated train state is updated in place.
+    assert result["per_chip_bytes"] > result["chip_hbm_bytes"] == int(0.01 * 2**30) and result["fits"] is False
+    assert "does not fit" in proc.stderr
+    assert 1e8 < result["flops_per_step"] < 1e11  # Measured: 2.5e9 for 16 toy clips (4 x 4 x 32 x 32).
+    assert result["estimated_step_s"] > 0
+
+
+def test_chip_figures_know_the_generations_in_the_readme():
+    assert aot.chip_figures("TPU v5 lite")[0] == 16 * 2**30
+    assert aot.chip_figures("TPU v5")[0] == 95 * 2**30  # Not confused with "TPU v5 lite".
+    assert aot.chip_figures("TPU v4")[0] == 32 * 2**30
+    with pytest.raises(ValueError, match="TPU v9"):
+        aot.chip_figures("TPU v9")
