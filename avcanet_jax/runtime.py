@@ -47,6 +47,8 @@ def start(distributed: str = "auto") -> None:
                 "process_id": int(os.environ["JAX_PROCESS_ID"]),
             }
         jax.distributed.initialize(**kwargs)
+    if jax.process_index() != 0:  # Only process 0 logs progress; the others still report problems.
+        logging.set_verbosity(logging.WARNING)
     logging.info(
         "process %d of %d, %d local of %d devices (%s)", jax.process_index(), jax.process_count(),
         jax.local_device_count(), jax.device_count(), jax.devices()[0].platform,
