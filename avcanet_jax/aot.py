@@ -22,7 +22,6 @@ from absl import app, flags, logging
 from flax import nnx
 
 from avcanet_jax import config_checks, datasets, input_pipeline, sharding, train_step
-from avcanet_jax.avcanet import AVCANet
 from avcanet_jax.layers import DEFAULT_RULES
 
 GIB = 2**30
@@ -62,17 +61,10 @@ def compile_train_step(c, devices) -> tuple[jax.stages.Compiled, jax.sharding.Me
     mesh = sharding.make_mesh(config_checks.validate(c, len(devices), num_processes), devices)
     model_cfg = config_checks.model_config(c)
     card = datasets.card(c.data.dataset)
-    if len(card.class_names) != model_cfg.num_classes:
-        raise config_checks.ConfigError(
-            f"config.model.num_classes ({model_cfg.num_classes}) != {len(card.class_names)} classes in {c.data.dataset}"
-        )
+    datasets.check_num_classes(model_cfg.num_classes, c.data.dataset, card)
     tx = train_step.make_optimizer(c, updates_per_epoch=1000)  # The schedule's length does not change the step.
 
-    def make():
-        model = AVCANet(model_cfg, nnx.Rngs(params=c.seed, dropout=c.seed + 1))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, state = nnx.split(nnx.eval_shape(make))
+    graphdef, state = nnx.split(nnx.eval_shape(train_step.model_and_optimizer(model_cfg, tx, c.seed)))
     shardings = sharding.state_shardings(state, mesh, DEFAULT_RULES)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
     batch_sharding = input_pipeline.batch_sharding(mesh, config_checks.BATCH_AXES)

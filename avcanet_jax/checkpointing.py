@@ -69,6 +69,16 @@ class Checkpoints:
             "state"
         ]
 
+    def restore_best_or_latest(self, abstract_state: Any, prefer_best: bool = True):
+        """(step, state): the best state when there is one (and `prefer_best`), else the latest."""
+        step, state = self.restore_best(abstract_state) if prefer_best else (None, None)
+        if state is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"{self.latest.directory} holds no checkpoint")
+            state = self.restore(abstract_state, step=step)
+        return step, state
+
     def wait(self) -> None:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()

@@ -30,6 +30,14 @@ class Info:
     splits: frozenset[str]
 
 
+def check_num_classes(num_classes: int, dataset: str, card_: Card) -> None:
+    """The model's head must match the dataset's classes (checked before anything compiles)."""
+    from avcanet_jax.config_checks import ConfigError
+
+    if num_classes != len(card_.class_names):
+        raise ConfigError(f"config.model.num_classes ({num_classes}) != {len(card_.class_names)} classes in {dataset}")
+
+
 def card(dataset: str) -> Card:
     """The card of a registered builder config ("emotions/full", "video_emotion8/split03", ...)."""
     import tensorflow_datasets as tfds

@@ -99,21 +99,12 @@ def load(workdir: str, checkpoint: str = "best") -> Predictor:
     card = datasets.card(c.data.dataset)
     tx = train_step.make_optimizer(c, 1)  # Only its state's structure matters here.
 
-    def make():
-        model = AVCANet(model_cfg, nnx.Rngs(0))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    graphdef, abstract = nnx.split(nnx.eval_shape(train_step.model_and_optimizer(model_cfg, tx, c.seed)))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     ckpt = Checkpoints(workdir)
     try:
-        step, state = ckpt.restore_best(target) if checkpoint == "best" else (None, None)
-        if state is None:
-            step = ckpt.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"{workdir} holds no checkpoint")
-            state = ckpt.restore(target)
+        step, state = ckpt.restore_best_or_latest(target, prefer_best=checkpoint == "best")
     finally:
         ckpt.close()
     model, _ = nnx.merge(graphdef, state)

@@ -21,7 +21,6 @@ from absl import logging
 from flax import nnx
 
 from avcanet_jax import config_checks, datasets, evaluation, input_pipeline, sharding, train_step
-from avcanet_jax.avcanet import AVCANet
 from avcanet_jax.checkpointing import Checkpoints, abstract
 from avcanet_jax.layers import DEFAULT_RULES
 from avcanet_jax.summaries import Summaries
@@ -38,6 +37,7 @@ class Run:
     mesh: jax.sharding.Mesh
     pcfg: input_pipeline.PipelineConfig
     data: datasets.Info
+    train_source: object
     graphdef: nnx.GraphDef
     state: nnx.State
     batch_sharding: jax.sharding.NamedSharding
@@ -54,21 +54,15 @@ def prepare(c) -> Run:
     pcfg = config_checks.pipeline_config(c)
     model_cfg = config_checks.model_config(c)
     data = datasets.info(pcfg.dataset, pcfg.data_dir)
-    num_classes = len(data.card.class_names)
-    if num_classes != model_cfg.num_classes:
-        raise config_checks.ConfigError(
-            f"config.model.num_classes ({model_cfg.num_classes}) != {num_classes} classes in {pcfg.dataset}"
-        )
-    micro_per_epoch = len(input_pipeline.data_source(pcfg, "train")) // c.batch_size
+    datasets.check_num_classes(model_cfg.num_classes, pcfg.dataset, data.card)
+    train_source = input_pipeline.data_source(pcfg, "train")
+    micro_per_epoch = len(train_source) // c.batch_size
     if micro_per_epoch == 0:
         raise config_checks.ConfigError(f"config.batch_size ({c.batch_size}) exceeds the train split of {pcfg.dataset}")
     updates_per_epoch = max(micro_per_epoch // c.grad_accumulation, 1)
     tx = train_step.make_optimizer(c, updates_per_epoch)
 
-    def make():
-        model = AVCANet(model_cfg, nnx.Rngs(params=c.seed, dropout=c.seed + 1))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
+    make = train_step.model_and_optimizer(model_cfg, tx, c.seed)
     model, optimizer = sharding.create_sharded(make, mesh, DEFAULT_RULES)
     graphdef, state = nnx.split((model, optimizer))
     shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -76,7 +70,7 @@ def prepare(c) -> Run:
     spec = train_step.LossSpec(c.loss, data.card.class_polarity, tuple(c.ep_ce_lambdas))
     step_fn, eval_fn = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec)
     return Run(
-        mesh, pcfg, data, graphdef, state, batch_sharding, step_fn, eval_fn,
+        mesh, pcfg, data, train_source, graphdef, state, batch_sharding, step_fn, eval_fn,
         train_step.make_schedule(c, updates_per_epoch), micro_per_epoch, micro_per_epoch * c.num_epochs,
     )  # fmt: skip
 
@@ -121,7 +115,7 @@ def _train(c, workdir: str, stop: dict) -> dict:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as fh:
             fh.write(c.to_json_best_effort(indent=1, sort_keys=True))
     state, total, per_epoch = run.state, run.total_steps, run.micro_per_epoch
-    data_iter = iter(input_pipeline.train_dataset(run.pcfg))
+    data_iter = iter(input_pipeline.train_dataset(run.pcfg, source=run.train_source))
     ckpt = Checkpoints(workdir, keep=c.keep_checkpoints)
     start = ckpt.latest_step() or 0
     if start:
@@ -192,12 +186,7 @@ def evaluate_workdir(c, workdir: str, splits: tuple[str, ...] = ("validation", "
     run = prepare(c)
     ckpt = Checkpoints(workdir, keep=c.keep_checkpoints)
     try:
-        step, state = ckpt.restore_best(abstract(run.state))
-        if state is None:
-            step = ckpt.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"{workdir} holds no checkpoint to evaluate")
-            state = ckpt.restore(abstract(run.state))
+        step, state = ckpt.restore_best_or_latest(abstract(run.state))
         results = {}
         for split in splits:
             if split in run.data.splits:

@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from avcanet_jax import losses
+from avcanet_jax.avcanet import AVCANet, ModelConfig
 from avcanet_jax.schedule import warm_cosine
 
 
@@ -38,6 +39,16 @@ def make_optimizer(c, updates_per_epoch: int) -> optax.GradientTransformation:
     parts.append(optax.adamw(schedule, b1=c.optimizer.b1, b2=c.optimizer.b2, weight_decay=c.optimizer.weight_decay))
     tx = optax.chain(*parts)
     return optax.MultiSteps(tx, every_k_schedule=c.grad_accumulation) if c.grad_accumulation > 1 else tx
+
+
+def model_and_optimizer(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) -> Callable:
+    """A function making (model, optimizer): what trainer, compiler and predictor create, sharded or abstract."""
+
+    def make():
+        model = AVCANet(model_cfg, nnx.Rngs(params=seed, dropout=seed + 1))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    return make
 
 
 @dataclasses.dataclass(frozen=True)
