@@ -1,11 +1,14 @@
-"""Orbax checkpoints of the training state together with the Grain iterator, latest-K and best.
+"""Orbax checkpoints of the training state together with the data position, latest-K and best.
 
 Two managers share a workdir: `checkpoints/` keeps the latest `keep` steps (what a preempted run
 resumes from), `best/` keeps the single best step by a validation metric (what the final test uses).
 Each checkpoint holds the model and optimizer state (`state`, restored onto whatever shardings the
-caller's abstract state carries, so a run can resume on another mesh) and the data iterator's position
-(`data`), so a resumed run sees exactly the batches an uninterrupted one would have. Saves are
-asynchronous; every process takes part.
+caller's abstract state carries, so a run can resume on another mesh) and the data position (`data`,
+a small JSON). The input pipeline is a pure function of (dataset, seed, global batch, step), so the
+position is one number that means the same on any number of hosts, unlike Grain's iterator state, which
+is saved per process and cannot be restored by a different process count; a resumed run sees exactly
+the batches an uninterrupted one would have. Saves are asynchronous; every process writes its shards
+of the state, process 0 the JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -42,24 +44,29 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None = None, force: bool = False):
-        """Starts an asynchronous save of the state and (when given) the iterator position."""
+    def save(self, step: int, state: Any, data_position: dict | None = None, force: bool = False):
+        """Starts an asynchronous save of the state and (when given) the data position."""
         items = {"state": ocp.args.StandardSave(state)}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        if data_position is not None:
+            items["data"] = ocp.args.JsonSave(data_position)
         return self.latest.save(step, args=ocp.args.Composite(**items), force=force)
 
     def save_best(self, step: int, state: Any, metrics: dict) -> bool:
         """Keeps `state` if `metrics[best_metric]` beats the best so far."""
         return self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics)
 
-    def restore(self, abstract_state: Any, data_iterator: grain.DatasetIterator | None = None, step: int | None = None):
-        """The state at `step` (default: latest) laid out as `abstract_state`; moves the iterator there too."""
+    def restore(self, abstract_state: Any, step: int | None = None):
+        """The state at `step` (default: latest), laid out as `abstract_state`."""
         step = self.latest.latest_step() if step is None else step
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.latest.restore(step, args=ocp.args.Composite(**items))["state"]
+        return self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
+            "state"
+        ]
+
+    def data_position(self, step: int) -> dict | None:
+        """The data position saved with `step`, or None when that checkpoint has none."""
+        if not (self.latest.directory / str(step) / "data").exists():
+            return None
+        return self.latest.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
 
     def restore_best(self, abstract_state: Any):
         step = self.best.best_step()

@@ -1,12 +1,16 @@
 """The Grain input pipeline: a built `emotions` dataset into global, sharded batches of clips.
 
-  tfds.data_source -> grain.MapDataset -> this process's slice -> seeded shuffle (reshuffled each
-  epoch) -> TSN sampling, crop and augmentation -> audio chunks -> batch -> multiprocess prefetch ->
+  tfds.data_source -> grain.MapDataset -> seeded shuffle (reshuffled each epoch) -> TSN sampling,
+  crop and augmentation -> this process's share of each global batch -> multiprocess prefetch ->
   `jax.Array`s laid out by a mesh sharding.
 
-Training iterators are Grain `DatasetIterator`s: their `get_state()` goes into the checkpoint and
-`set_state()` continues exactly where the run stopped, mid-epoch included. Evaluation visits every
-example exactly once; the last batch is padded with copies of a real example whose `mask` is False.
+Training data is one global stream, the same for any number of processes: element i of the shuffled,
+repeated split is augmented with a seed derived from i, global batch k is elements [kG, (k+1)G), and
+process p of n reads only its part [kG + pG/n, kG + (p+1)G/n) of it. Batch composition, augmentation
+and the data position (the number of global batches consumed, i.e. the training step) are therefore
+independent of the process count, so a run can resume on a slice with a different number of hosts and
+a 2-process run trains on exactly the batches a 1-process run does. Evaluation visits every example
+exactly once; the last batch is padded with copies of a real example whose `mask` is False.
 Frames stay uint8 until the model normalises them, which keeps host-to-device traffic four times smaller.
 """
 
@@ -139,20 +143,23 @@ def train_dataset(
     source=None,
     process_index: int | None = None,
     process_count: int | None = None,
+    start_step: int = 0,
 ) -> grain.IterDataset:
-    """Infinite, reshuffled-each-epoch batches of augmented clips from this process's slice of `split`.
+    """Infinite, reshuffled-each-epoch batches of augmented clips: this process's share of each global batch.
 
-    Every process reads the disjoint slice [process_index::process_count] of the split; the batch it
-    yields is its local share of the global batch (see `to_global`).
+    The local batches of all processes at one step, concatenated in process order, are the global batch
+    (see `to_global`). `start_step` is the first global batch to yield: resuming at a checkpoint's step
+    continues exactly where the run stopped, whatever the process or worker count then and now.
     """
     source = data_source(cfg, split) if source is None else source
     index, count, local = _process_share(cfg, process_index, process_count)
-    ds = grain.MapDataset.source(source)[index::count]
-    if len(ds) < local:
-        raise ValueError(f"{split}: {len(ds)} examples on process {index}, fewer than a local batch of {local}")
-    ds = ds.shuffle(seed=cfg.seed).repeat(None)
+    if len(source) < cfg.global_batch_size:
+        raise ValueError(f"{split}: {len(source)} examples, fewer than a global batch of {cfg.global_batch_size}")
+    ds = grain.MapDataset.source(source).shuffle(seed=cfg.seed).repeat(None)
     ds = ds.random_map(TrainTransform(cfg.clip), seed=cfg.seed)
-    ds = ds.batch(local, drop_remainder=True)
+    # Cut the stream into local-sized pieces; global batch k is pieces [k*count, (k+1)*count). Grain
+    # reads lazily, so a process decodes only the pieces it takes.
+    ds = ds.batch(local, drop_remainder=True)[index::count][start_step:]
     return _prefetch(ds, cfg)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
 import time
 from collections.abc import Callable
 
@@ -23,6 +22,7 @@ from flax import nnx
 from avcanet_jax import config_checks, datasets, evaluation, input_pipeline, sharding, train_step
 from avcanet_jax.checkpointing import Checkpoints, abstract
 from avcanet_jax.layers import DEFAULT_RULES
+from avcanet_jax.preemption import PreemptionWatch
 from avcanet_jax.summaries import Summaries
 
 
@@ -97,29 +97,50 @@ def train_and_evaluate(c, workdir: str) -> dict:
     """Trains (resuming if `workdir` has checkpoints), then tests the best state. Returns the test metrics,
     or {"stopped_at": step} when SIGTERM or `max_steps` ended the run early.
 
-    The SIGTERM handler is installed first, so a preemption that arrives while the program is still
-    compiling is honoured after the first step instead of killing the process."""
-    stop = {"requested": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    logging.info("training in %s; SIGTERM saves a checkpoint and stops", workdir)
-    try:
-        return _train(c, workdir, stop)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    SIGTERM (a preemption notice, or SLURM's warning before a time limit) is watched for from the start,
+    so one that arrives while the program is still compiling stops the run after its first step; with
+    several processes, all of them stop at the same step (see `preemption`)."""
+    with PreemptionWatch() as watch:
+        logging.info("training in %s; SIGTERM saves a checkpoint and stops", workdir)
+        return _train(c, workdir, watch)
 
 
-def _train(c, workdir: str, stop: dict) -> dict:
+def _data_position(pcfg: input_pipeline.PipelineConfig, step: int) -> dict:
+    """What the checkpoint records of the data stream: enough to continue it, and to refuse a stream that
+    a changed config would make different."""
+    return {"step": step, "dataset": pcfg.dataset, "global_batch_size": pcfg.global_batch_size, "seed": pcfg.seed,
+            "process_count": jax.process_count()}  # fmt: skip
+
+
+def _check_resumable(saved: dict | None, pcfg: input_pipeline.PipelineConfig, step: int) -> None:
+    """A resumed run must continue the same data stream; the process count, mesh and workers may change."""
+    if saved is None:
+        logging.warning("checkpoint %d records no data position; continuing the data stream at its step", step)
+        return
+    now = _data_position(pcfg, step)
+    fields = {"dataset": "config.data.dataset", "global_batch_size": "config.batch_size", "seed": "config.seed"}
+    for key, field in fields.items():
+        if saved[key] != now[key]:
+            raise config_checks.ConfigError(
+                f"{field} is {now[key]!r} but the checkpoint at step {step} was trained with {saved[key]!r}; "
+                "resume with the same value, or start a new workdir"
+            )
+    if saved["process_count"] != now["process_count"]:
+        logging.info("resuming a %d-process run with %d processes", saved["process_count"], now["process_count"])
+
+
+def _train(c, workdir: str, watch: PreemptionWatch) -> dict:
     run = prepare(c)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as fh:
             fh.write(c.to_json_best_effort(indent=1, sort_keys=True))
     state, total, per_epoch = run.state, run.total_steps, run.micro_per_epoch
-    data_iter = iter(input_pipeline.train_dataset(run.pcfg, source=run.train_source))
     ckpt = Checkpoints(workdir, keep=c.keep_checkpoints)
     start = ckpt.latest_step() or 0
     if start:
-        state = ckpt.restore(abstract(state), data_iter)
+        _check_resumable(ckpt.data_position(start), run.pcfg, start)
+        state = ckpt.restore(abstract(state))
         logging.info("resumed from step %d", start)
     elif c.init_from:
         from avcanet_jax import import_weights
@@ -129,6 +150,7 @@ def _train(c, workdir: str, stop: dict) -> dict:
         state = nnx.state((model, optimizer))
         logging.info("initialised from %s", c.init_from)
 
+    data_iter = iter(input_pipeline.train_dataset(run.pcfg, source=run.train_source, start_step=start))
     summaries = Summaries(workdir)
     history, t0, last_log, last_step = [], time.time(), time.time(), start
     try:
@@ -152,21 +174,23 @@ def _train(c, workdir: str, stop: dict) -> dict:
                 summaries.scalars(done, metrics, "train/")
                 history.append({"step": done, **metrics})
                 last_log, last_step = now, done
-            if done % c.checkpoint_every_steps == 0:
-                ckpt.save(done, state, data_iter)
-            if stop["requested"] or done == c.get("max_steps", 0):
-                ckpt.save(done, state, data_iter, force=True)
+            preempted = watch.reached(done)
+            if preempted or done == c.get("max_steps", 0):
+                ckpt.save(done, state, _data_position(run.pcfg, done), force=True)
                 ckpt.wait()
                 logging.info("stopping at step %d (%s); resume continues from here", done,
-                             "SIGTERM" if stop["requested"] else "max_steps")  # fmt: skip
+                             "SIGTERM" if preempted else "max_steps")  # fmt: skip
                 return {"stopped_at": done}
+            if done % c.checkpoint_every_steps == 0:
+                ckpt.save(done, state, _data_position(run.pcfg, done))
             if done % per_epoch == 0 and "validation" in run.data.splits:
                 val = _evaluate(run, state, "validation")
                 logging.info("step %d %s", done, _headline("validation", val))
                 summaries.scalars(done, val, "validation/")
                 ckpt.save_best(done, state, {"uar": val["uar"], "accuracy": val["accuracy"]})
                 evaluation.write_report(workdir, "validation", val, run.data.card.class_names, step=done)
-        ckpt.save(total, state, data_iter, force=True)
+        if ckpt.latest_step() != total:  # The loop saved it when checkpoint_every_steps divides `total`.
+            ckpt.save(total, state, _data_position(run.pcfg, total), force=True)
         ckpt.wait()
         best_step, best = ckpt.restore_best(abstract(state))
         test = _evaluate(run, best if best is not None else state, "test")

@@ -52,6 +52,15 @@ def tiny_train_config(data_dir: str, **overrides):
     return c
 
 
+def tiny_train_flags(data_dir: str) -> list[str]:
+    """`tiny_train_config` as `python -m avcanet_jax.main` flags (with `--config=configs/demo.py`)."""
+    return [
+        "--config=configs/demo.py", f"--config.data.data_dir={data_dir}", "--config.data.dataset=emotions/full",
+        "--config.batch_size=8", "--config.num_epochs=2", "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=1000", "--config.mesh.axes.data=4", "--config.mesh.axes.fsdp=2",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def trained(tiny_dataset, tmp_path_factory) -> tuple[str, dict]:
     """(workdir, test metrics) of an uninterrupted training run with `tiny_train_config`."""

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import tiny_train_config
+from conftest import tiny_train_config, tiny_train_flags
 from PIL import Image
 
 from avcanet_jax import train
@@ -72,12 +72,7 @@ def test_eval_mode_reproduces_the_test_metrics(trained, tiny_dataset):
 def test_sigterm_saves_and_the_resumed_run_ends_exactly_like_an_uninterrupted_one(trained, tiny_dataset, tmp_path):
     workdir_a, result_a = trained
     workdir_b = str(tmp_path / "preempted")
-    overrides = [
-        f"--config.data.data_dir={tiny_dataset}", "--config.data.dataset=emotions/full", "--config.batch_size=8",
-        "--config.num_epochs=2", "--config.log_every_steps=1", "--config.checkpoint_every_steps=1000",
-        "--config.mesh.axes.data=4", "--config.mesh.axes.fsdp=2",
-    ]  # fmt: skip
-    cmd = [sys.executable, "-m", "avcanet_jax.main", "--config=configs/demo.py", f"--workdir={workdir_b}", *overrides]
+    cmd = [sys.executable, "-m", "avcanet_jax.main", f"--workdir={workdir_b}", *tiny_train_flags(tiny_dataset)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in proc.stderr:  # Preempt as soon as the trainer has its handler, before it compiles.
