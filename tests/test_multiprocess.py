@@ -1,11 +1,11 @@
 """Several JAX processes on this machine, as on a pod: a localhost coordinator, 4 fake CPU devices each,
 gloo collectives between them, one shared workdir.
 
-A 2-process run resumed from a 1-process checkpoint trains on exactly the global batches of the
-1-process run (`trained`), gathers its evaluation from both processes and reports the same metrics; both
-processes write their shards of each checkpoint; only process 0 writes logs, metrics and TensorBoard
-files; and a 1-process run resumes from the 2-process checkpoint and again ends like `trained`. SIGTERM
-on one process stops every process at the same step.
+A 1-process run preempted by SIGTERM is resumed by 2 processes, which train on exactly the global
+batches of the uninterrupted 1-process run (`trained`), gather their evaluation from both processes and
+report the same metrics; both processes write their shards of each checkpoint; only process 0 writes
+logs, metrics and TensorBoard files; a 1-process run resumes from the 2-process checkpoint and again ends
+like `trained`. SIGTERM on one process of a job stops every process at the same step.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -65,22 +66,36 @@ def _files(root: str) -> set[str]:
     return {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
 
 
-def test_two_processes_train_like_one_and_either_resumes_the_other(trained, tiny_dataset, tmp_path):
+def test_preempted_run_resumed_by_two_processes_then_by_one_ends_like_an_uninterrupted_run(
+    trained, tiny_dataset, tmp_path
+):
     workdir_a, result_a = trained
     history_a = {h["step"]: h["loss"] for h in _read_json(workdir_a, "train_history.json")}
+    workdir = str(tmp_path / "preempted")
+    cmd = [sys.executable, "-m", "avcanet_jax.main", f"--workdir={workdir}", *tiny_train_flags(tiny_dataset)]
 
-    # One process trains a step and saves it.
-    workdir = str(tmp_path / "two")
-    assert train.train_and_evaluate(tiny_train_config(tiny_dataset, max_steps=1), workdir) == {"stopped_at": 1}
+    # One process, preempted as soon as the trainer watches for SIGTERM, before it compiles: it finishes
+    # its first step, saves it and exits cleanly.
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "SIGTERM saves a checkpoint" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, "".join(seen) + err
+    assert json.loads(out.strip().splitlines()[-1]) == {"stopped_at": 1}
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]
 
-    # Two processes resume it and finish the run, checkpointing every 3 steps.
-    cmd = [sys.executable, "-m", "avcanet_jax.main", f"--workdir={workdir}", *tiny_train_flags(tiny_dataset),
-           "--config.checkpoint_every_steps=3"]  # fmt: skip
+    # Two processes resume it and finish the run, checkpointing every 3 steps. Their mesh shards every
+    # parameter over all 8 devices (fsdp), so each process holds, and must save, its own part of the state.
     before = _files(workdir)
-    (out0, err0), (out1, err1) = _run_job(cmd, processes=2, devices_per_process=4)
+    fsdp = ["--config.mesh.axes.data=1", "--config.mesh.axes.fsdp=8", "--config.checkpoint_every_steps=3"]
+    (out0, err0), (out1, err1) = _run_job(cmd + fsdp, processes=2, devices_per_process=4)
     assert "process 0 of 2, 4 local of 8 devices" in err0 and "resuming a 1-process run with 2 processes" in err0
     result_b = json.loads(out0.strip().splitlines()[-1])
-    assert not [line for line in out1.splitlines() if not line.startswith("[Gloo]")]  # No result printed,
+    assert "{" not in out1  # No result printed by process 1,
     assert "step 2/6" in err0 and "step 2/6" not in err1 and "test: accuracy" not in err1  # no progress logged.
     history_b = _read_json(workdir, "train_history.json")
     assert [h["step"] for h in history_b] == [2, 3, 4, 5, 6]

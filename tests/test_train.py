@@ -1,23 +1,17 @@
 """End to end on 8 fake devices with a (4, 2) mesh through the real builder and pipeline: the reports a
-run leaves, `--mode=eval`, and a run preempted with SIGTERM that resumes and ends exactly like an
-uninterrupted one."""
+run leaves and `--mode=eval`. Preemption and resuming are in test_multiprocess.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import struct
-import subprocess
-import sys
 
 import numpy as np
-from conftest import tiny_train_config, tiny_train_flags
+from conftest import tiny_train_config
 from PIL import Image
 
 from avcanet_jax import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _read_json(*parts):
@@ -67,28 +61,3 @@ def test_eval_mode_reproduces_the_test_metrics(trained, tiny_dataset):
     for key in ("accuracy", "uar", "confusion_counts", "audio_only_accuracy"):
         assert results["test"][key] == result[key]
     assert os.path.exists(os.path.join(workdir, "eval", "test_confusion.png"))
-
-
-def test_sigterm_saves_and_the_resumed_run_ends_exactly_like_an_uninterrupted_one(trained, tiny_dataset, tmp_path):
-    workdir_a, result_a = trained
-    workdir_b = str(tmp_path / "preempted")
-    cmd = [sys.executable, "-m", "avcanet_jax.main", f"--workdir={workdir_b}", *tiny_train_flags(tiny_dataset)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
-    for line in proc.stderr:  # Preempt as soon as the trainer has its handler, before it compiles.
-        seen.append(line)
-        if "SIGTERM saves a checkpoint" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, "".join(seen) + err
-    assert json.loads(out.strip().splitlines()[-1]) == {"stopped_at": 1}
-    assert os.listdir(os.path.join(workdir_b, "checkpoints")) == ["1"]
-
-    result_b = train.train_and_evaluate(tiny_train_config(tiny_dataset), workdir_b)
-    history_a = _read_json(workdir_a, "train_history.json")
-    history_b = _read_json(workdir_b, "train_history.json")
-    assert [h["step"] for h in history_b] == [2, 3, 4, 5, 6]
-    assert [h["loss"] for h in history_b] == [h["loss"] for h in history_a if h["step"] > 1]
-    for key in ("accuracy", "uar", "confusion_counts"):
-        assert result_b[key] == result_a[key]
