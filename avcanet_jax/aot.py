@@ -19,7 +19,6 @@ import sys
 import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
-from flax import nnx
 
 from avcanet_jax import config_checks, datasets, input_pipeline, sharding, train_step
 from avcanet_jax.layers import DEFAULT_RULES
@@ -64,9 +63,9 @@ def compile_train_step(c, devices) -> tuple[jax.stages.Compiled, jax.sharding.Me
     datasets.check_num_classes(model_cfg.num_classes, c.data.dataset, card)
     tx = train_step.make_optimizer(c, updates_per_epoch=1000)  # The schedule's length does not change the step.
 
-    graphdef, state = nnx.split(nnx.eval_shape(train_step.model_and_optimizer(model_cfg, tx, c.seed)))
-    shardings = sharding.state_shardings(state, mesh, DEFAULT_RULES)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    make = train_step.model_and_optimizer(model_cfg, tx, c.seed)
+    graphdef, state, _ = sharding.sharded_state(make, mesh, DEFAULT_RULES)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = input_pipeline.batch_sharding(mesh, config_checks.BATCH_AXES)
     spec = train_step.LossSpec(c.loss, card.class_polarity, tuple(c.ep_ce_lambdas))
     step, _ = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec)

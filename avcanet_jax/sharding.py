@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -70,15 +71,28 @@ def state_shardings(abstract_state, mesh: jax.sharding.Mesh, rules: Sequence):
     return jax.tree.map(one, logical, abstract_state, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
 
 
+def sharded_state(make_model: Callable[[], Any], mesh: jax.sharding.Mesh, rules: Sequence):
+    """(graphdef, abstract state, create) for the module(s) `make_model` returns, without creating them.
+
+    The abstract state holds a ShapeDtypeStruct with its NamedSharding per array: enough to compile the
+    steps and to restore a checkpoint straight into the sharded layout, so a resumed run never builds
+    (nor compiles the initialisation of) weights it would overwrite. `create()` makes the fresh state,
+    every array created directly in its sharded layout (never whole on one device).
+    """
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
+    shardings = state_shardings(abstract_state, mesh, rules)
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+    )
+
+    def create():
+        with jax.set_mesh(mesh):
+            return jax.jit(lambda: nnx.state(make_model()), out_shardings=shardings)()
+
+    return graphdef, abstract_state, create
+
+
 def create_sharded(make_model: Callable[[], nnx.Module], mesh: jax.sharding.Mesh, rules: Sequence) -> nnx.Module:
     """Builds the model with every array created directly in its sharded layout (never whole on one device)."""
-    abstract = nnx.eval_shape(make_model)
-    graphdef, abstract_state = nnx.split(abstract)
-    shardings = state_shardings(abstract_state, mesh, rules)
-
-    def init():
-        return nnx.state(make_model())
-
-    with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
+    graphdef, _, create = sharded_state(make_model, mesh, rules)
+    return nnx.merge(graphdef, create())

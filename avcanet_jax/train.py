@@ -20,7 +20,7 @@ from absl import logging
 from flax import nnx
 
 from avcanet_jax import config_checks, datasets, evaluation, input_pipeline, sharding, train_step
-from avcanet_jax.checkpointing import Checkpoints, abstract
+from avcanet_jax.checkpointing import Checkpoints
 from avcanet_jax.layers import DEFAULT_RULES
 from avcanet_jax.preemption import PreemptionWatch
 from avcanet_jax.summaries import Summaries
@@ -39,7 +39,8 @@ class Run:
     data: datasets.Info
     train_source: object
     graphdef: nnx.GraphDef
-    state: nnx.State
+    abstract_state: nnx.State  # ShapeDtypeStructs with their shardings: a restore target.
+    create_state: Callable[[], nnx.State]  # The fresh, sharded state.
     batch_sharding: jax.sharding.NamedSharding
     train_step: Callable
     eval_step: Callable
@@ -49,7 +50,7 @@ class Run:
 
 
 def prepare(c) -> Run:
-    """Checks the config, builds the mesh and the sharded state, and jits the steps (compiled lazily)."""
+    """Checks the config, builds the mesh, the abstract sharded state and the jitted steps (compiled lazily)."""
     mesh = sharding.make_mesh(config_checks.validate(c))
     pcfg = config_checks.pipeline_config(c)
     model_cfg = config_checks.model_config(c)
@@ -63,14 +64,13 @@ def prepare(c) -> Run:
     tx = train_step.make_optimizer(c, updates_per_epoch)
 
     make = train_step.model_and_optimizer(model_cfg, tx, c.seed)
-    model, optimizer = sharding.create_sharded(make, mesh, DEFAULT_RULES)
-    graphdef, state = nnx.split((model, optimizer))
-    shardings = jax.tree.map(lambda x: x.sharding, state)
+    graphdef, abstract_state, create_state = sharding.sharded_state(make, mesh, DEFAULT_RULES)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
     batch_sharding = input_pipeline.batch_sharding(mesh, config_checks.BATCH_AXES)
     spec = train_step.LossSpec(c.loss, data.card.class_polarity, tuple(c.ep_ce_lambdas))
     step_fn, eval_fn = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec)
     return Run(
-        mesh, pcfg, data, train_source, graphdef, state, batch_sharding, step_fn, eval_fn,
+        mesh, pcfg, data, train_source, graphdef, abstract_state, create_state, batch_sharding, step_fn, eval_fn,
         train_step.make_schedule(c, updates_per_epoch), micro_per_epoch, micro_per_epoch * c.num_epochs,
     )  # fmt: skip
 
@@ -135,14 +135,16 @@ def _train(c, workdir: str, watch: PreemptionWatch) -> dict:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as fh:
             fh.write(c.to_json_best_effort(indent=1, sort_keys=True))
-    state, total, per_epoch = run.state, run.total_steps, run.micro_per_epoch
+    total, per_epoch = run.total_steps, run.micro_per_epoch
     ckpt = Checkpoints(workdir, keep=c.keep_checkpoints)
     start = ckpt.latest_step() or 0
     if start:
         _check_resumable(ckpt.data_position(start), run.pcfg, start)
-        state = ckpt.restore(abstract(state))
+        state = ckpt.restore(run.abstract_state)
         logging.info("resumed from step %d", start)
-    elif c.init_from:
+    else:
+        state = run.create_state()
+    if not start and c.init_from:
         from avcanet_jax import import_weights
 
         model, optimizer = nnx.merge(run.graphdef, state)
@@ -192,7 +194,7 @@ def _train(c, workdir: str, watch: PreemptionWatch) -> dict:
         if ckpt.latest_step() != total:  # The loop saved it when checkpoint_every_steps divides `total`.
             ckpt.save(total, state, _data_position(run.pcfg, total), force=True)
         ckpt.wait()
-        best_step, best = ckpt.restore_best(abstract(state))
+        best_step, best = ckpt.restore_best(run.abstract_state)
         test = _evaluate(run, best if best is not None else state, "test")
         result = {"best_step": best_step or total, "elapsed_s": time.time() - t0, **test}
         logging.info("%s (state of step %d)", _headline("test", test), result["best_step"])
@@ -210,7 +212,7 @@ def evaluate_workdir(c, workdir: str, splits: tuple[str, ...] = ("validation", "
     run = prepare(c)
     ckpt = Checkpoints(workdir, keep=c.keep_checkpoints)
     try:
-        step, state = ckpt.restore_best_or_latest(abstract(run.state))
+        step, state = ckpt.restore_best_or_latest(run.abstract_state)
         results = {}
         for split in splits:
             if split in run.data.splits:

@@ -17,7 +17,7 @@ def test_train_step_fits_a_batch_and_keeps_shardings(tiny_dataset):
     run = train.prepare(tiny_train_config(tiny_dataset))
     batches = iter(input_pipeline.train_dataset(run.pcfg))
     batch = input_pipeline.to_global(train_step.model_batch(next(batches)), run.batch_sharding)
-    state = run.state
+    state = run.create_state()
     shardings_before = jax.tree.map(lambda x: x.sharding, state)
     losses = []
     for _ in range(16):
