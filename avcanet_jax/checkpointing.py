@@ -13,6 +13,7 @@ of the state, process 0 the JSON.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -25,15 +26,12 @@ import orbax.checkpoint as ocp
 # Arrays whose per-replica part is under this size are written whole by one replica instead; the large
 # arrays of the paper's model keep the parallel save.
 MIN_REPLICA_SLICE_BYTES = 256 * 1024
-_array_handler_registered = False
 
 
+@functools.cache
 def _register_array_handler() -> None:
-    global _array_handler_registered
-    if not _array_handler_registered:
-        handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
-        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-        _array_handler_registered = True
+    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 class Checkpoints:
