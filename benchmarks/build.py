@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import shutil
@@ -63,6 +64,13 @@ def main():
     start = time.perf_counter()
     builder = build.build("full", data_dir, raw, num_workers=cores)
     wall = time.perf_counter() - start
+    beam_wall = None
+    if importlib.util.find_spec("apache_beam") is not None:  # The same build on Beam's local runner.
+        shutil.rmtree(data_dir + "_beam", ignore_errors=True)
+        start = time.perf_counter()
+        options = f"direct_num_workers={cores},direct_running_mode=multi_processing"
+        build.build("full", data_dir + "_beam", raw, beam_pipeline_options=options)
+        beam_wall = time.perf_counter() - start
     files = glob.glob(os.path.join(os.fspath(builder.data_path), "*.array_record-*"))
     bytes_per_video = sum(os.path.getsize(f) for f in files) / len(paths)
     source_bytes = sum(os.path.getsize(p) for p in paths) / len(paths)
@@ -72,6 +80,8 @@ def main():
     print(f"bare decode (PyAV, 1 thread):   {bare_s * 1e3:.0f} ms/video")
     print(f"our decode + store, 1 thread:   {ours_s * 1e3:.0f} ms/video ({ours_s / bare_s:.2f}x bare)")
     print(f"full TFDS build, {cores} workers:   {wall:.1f} s for {len(paths)} videos")
+    if beam_wall is not None:
+        print(f"same build on Beam (direct runner, {cores} processes): {beam_wall:.1f} s")
     print(
         f"stored: {frames:.0f} frames/video, {bytes_per_video / 1e6:.2f} MB/video (source {source_bytes / 1e6:.2f} MB)"
     )
@@ -80,6 +90,7 @@ def main():
             {
                 "videos_per_s_per_core": round(1 / ours_s, 3),
                 "build_videos_per_s": round(len(paths) / wall, 3),
+                "beam_build_videos_per_s": round(len(paths) / beam_wall, 3) if beam_wall else None,
                 "bytes_per_video": int(bytes_per_video),
                 "source_bytes_per_video": int(source_bytes),
                 "cost_vs_bare_decode": round(ours_s / bare_s, 3),
