@@ -66,7 +66,7 @@ class EmotionsConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-Task = tuple  # (sources.Item, payload bytes | None, MediaOptions, polarity map, class names)
+Task = tuple[sources.Item, bytes | None, media.MediaOptions, dict[str, str], tuple[str, ...]]  # payload: parquet bytes
 
 
 def _process(task: Task):
