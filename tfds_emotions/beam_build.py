@@ -3,8 +3,9 @@ on every core of one (the direct runner), with the same output as the local buil
 
 Each video, or each parquet shard (read once, in row order), is one work item; workers decode them
 with the local build's own `_process` and tally what they kept and skipped with its `_Tally`. TFDS's
-Beam writer orders examples by the same key hash as its local writer, so the files are the same, and
-the per-split tallies, written by the pipeline next to the data, become the same `build_report.json`.
+Beam writer orders examples by the same key hash as its local writer, so the splits hold the same
+examples in the same order (not the same bytes: each process serialises a tf.Example's feature map in
+its own order), and the per-split tallies, written next to the data, become the same `build_report.json`.
 """
 
 from __future__ import annotations
