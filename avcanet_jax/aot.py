@@ -8,19 +8,27 @@ abstract arrays, and compiles the same jitted step `train.py` runs (`train_step.
 TPU compiler. Prints the per-chip memory XLA allocates (arguments, outputs, temporaries; donated state
 counted once), the FLOPs per step, and a roofline step time from XLA's cost analysis and the chip's peak
 figures. Exits 1 with a message when the step does not fit the chip's HBM. The last line is JSON.
+
+`--profile` adds where the step's time and HBM traffic go, per part of the model (Swin stages and their
+attention / MLP / norms, audio, fusion, loss, optimizer, collectives) and per instruction, from the TPU
+compiler's own cost model in the compiled HLO (`avcanet_jax.step_profile`); `--hlo_out=F` keeps that HLO.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+
+# Compiling ahead of time never runs on a chip, so another process's hold on libtpu must not stop it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from avcanet_jax import config_checks, datasets, input_pipeline, sharding, train_step
+from avcanet_jax import config_checks, datasets, input_pipeline, sharding, step_profile, train_step
 from avcanet_jax.layers import DEFAULT_RULES
 
 GIB = 2**30
@@ -32,13 +40,20 @@ CHIPS = {
     "TPU v5": (95 * GIB, 459e12, 2.765e12),
     "TPU v6 lite": (32 * GIB, 918e12, 1.64e12),
 }
+# TensorCore clock, which turns the compiler's `estimated_cycles` into time; each follows from the peak
+# above and the matrix units (v4, v5p: 2 cores x 4 MXUs of 128^2; v5e: 4 of 128^2; v6e: 4 of 256^2).
+CLOCK_HZ = {"TPU v4": 1.05e9, "TPU v5 lite": 1.5e9, "TPU v5": 1.75e9, "TPU v6 lite": 1.75e9}
+
+
+def _kind(device_kind: str) -> str:
+    for kind in sorted(CHIPS, key=len, reverse=True):  # "TPU v5 lite" before "TPU v5".
+        if device_kind.startswith(kind):
+            return kind
+    raise ValueError(f"no HBM/peak figures for {device_kind!r}; known: {sorted(CHIPS)}")
 
 
 def chip_figures(device_kind: str) -> tuple[int, float, float]:
-    for kind in sorted(CHIPS, key=len, reverse=True):  # "TPU v5 lite" before "TPU v5".
-        if device_kind.startswith(kind):
-            return CHIPS[kind]
-    raise ValueError(f"no HBM/peak figures for {device_kind!r}; known: {sorted(CHIPS)}")
+    return CHIPS[_kind(device_kind)]
 
 
 def abstract_batch(c, batch_sharding) -> dict[str, jax.ShapeDtypeStruct]:
@@ -72,8 +87,9 @@ def compile_train_step(c, devices) -> tuple[jax.stages.Compiled, jax.sharding.Me
     return step.lower(state, abstract_batch(c, batch_sharding)).compile(), mesh
 
 
-def report(c, topology: str, chip_memory: int | None = None) -> dict:
-    """Compiles for `topology` and returns the figures printed by the command."""
+def report(c, topology: str, chip_memory: int | None = None, profile_top: int = 0, hlo_out: str | None = None) -> dict:
+    """Compiles for `topology` and returns the figures printed by the command (`profile_top` > 0: with the
+    per-part profile and that many top instructions)."""
     from jax.experimental import topologies
 
     # v4 chips have two TensorCores; JAX runs them as one "megacore" device on real hosts, so compile so.
@@ -93,7 +109,7 @@ def report(c, topology: str, chip_memory: int | None = None) -> dict:
     flops_device = float(cost.get("flops", 0.0))
     bytes_device = float(cost.get("bytes accessed", 0.0))
     step_s = max(flops_device * per_chip_devices / peak_flops, bytes_device * per_chip_devices / bandwidth)
-    return {
+    result = {
         "topology": topology,
         "device_kind": devices[0].device_kind,
         "chips": len(devices) // per_chip_devices,
@@ -115,7 +131,20 @@ def report(c, topology: str, chip_memory: int | None = None) -> dict:
         "bytes_accessed_per_chip": bytes_device * per_chip_devices,
         "estimated_step_s": step_s,
         "estimated_clips_per_s": c.batch_size / step_s if step_s else None,
+        "flop_bound_s": flops_device * per_chip_devices / peak_flops,
     }
+    if profile_top or hlo_out:
+        text = compiled.as_text()
+        if hlo_out:
+            with open(hlo_out, "w") as f:
+                f.write(text)
+        if profile_top:
+            profile = step_profile.summarize(
+                step_profile.parse_entry(text), CLOCK_HZ[_kind(devices[0].device_kind)], top=profile_top
+            )
+            profile["x_flop_bound"] = profile["estimated_ms"] / 1e3 / result["flop_bound_s"]
+            result["profile"] = profile
+    return result
 
 
 def _define_flags() -> None:
@@ -124,6 +153,9 @@ def _define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.", lock_config=True)
     flags.DEFINE_string("topology", None, "A TPU topology name, e.g. v5e:4x4, v4:2x2x2, v5p:4x4x4.")
     flags.DEFINE_float("chip_memory_gib", None, "Override the chip's HBM (GiB).")
+    flags.DEFINE_bool("profile", False, "Print where the step's cycles and HBM bytes go, per part and instruction.")
+    flags.DEFINE_integer("profile_top", 15, "Instructions listed by --profile, by bytes and by cycles.")
+    flags.DEFINE_string("hlo_out", None, "Write the compiled HLO text (TPU layouts, estimated cycles) here.")
     flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -132,13 +164,21 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     memory = int(f.chip_memory_gib * GIB) if f.chip_memory_gib else None
-    result = report(f.config, f.topology, memory)
+    result = report(f.config, f.topology, memory, f.profile_top if f.profile else 0, f.hlo_out)
     logging.info(
         "%s (%d x %s), mesh %s: %.2f GiB per chip of %.0f GiB; %.3g FLOPs per step; roofline %.1f ms per step,"
         " %.0f clips/s", result["topology"], result["chips"], result["device_kind"], result["mesh"],
         result["per_chip_gib"], result["chip_hbm_bytes"] / GIB, result["flops_per_step"],
         1e3 * result["estimated_step_s"], result["estimated_clips_per_s"] or math.nan,
     )  # fmt: skip
+    if "profile" in result:
+        p = result["profile"]
+        print(step_profile.format_report(p))
+        print(
+            f"compiler's estimate {p['estimated_ms']:.1f} ms per step, {p['x_flop_bound']:.1f}x the FLOP bound "
+            f"({1e3 * result['flop_bound_s']:.1f} ms); {p['hbm_bytes'] / 1e9:.2f} GB of HBM traffic per chip "
+            f"(padded to tiles; XLA's logical count {result['bytes_accessed_per_chip'] / 1e9:.2f} GB)"
+        )
     print(json.dumps(result), flush=True)
     if not result["fits"]:
         print(

@@ -164,14 +164,20 @@ class AVCANet(nnx.Module):
         self.classifier = Classifier(cfg, rngs)
 
     def __call__(self, video: jax.Array | None, audio: jax.Array | None) -> dict[str, jax.Array]:
-        v = self.visual(video) if self.visual is not None else None
-        a = self.audio(audio) if self.audio is not None else None
-        if self.local is not None:
-            v, a = self.local(v, a)
-        if self.glob is not None:
-            v, a = self.glob(v, a)
-        else:
-            v = v.mean(axis=1) if v is not None else None
-            a = a.mean(axis=1) if a is not None else None
-        out = self.classifier(a, v)
+        # Named scopes: the parts `avcanet_jax.step_profile` reports.
+        with jax.named_scope("visual"):
+            v = self.visual(video) if self.visual is not None else None
+        with jax.named_scope("audio"):
+            a = self.audio(audio) if self.audio is not None else None
+        with jax.named_scope("local_fusion"):
+            if self.local is not None:
+                v, a = self.local(v, a)
+        with jax.named_scope("global_fusion"):
+            if self.glob is not None:
+                v, a = self.glob(v, a)
+            else:
+                v = v.mean(axis=1) if v is not None else None
+                a = a.mean(axis=1) if a is not None else None
+        with jax.named_scope("classifier"):
+            out = self.classifier(a, v)
         return {k: constrain(x.astype(jnp.float32), ("batch", None)) for k, x in out.items()}

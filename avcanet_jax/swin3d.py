@@ -207,8 +207,16 @@ class SwinBlock3d(nnx.Module):
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.dropout, rngs, precision)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        with jax.named_scope("norm"):
+            y = self.norm1(x)
+        with jax.named_scope("attention"):
+            y = self.attn(y)
+        x = x + self.drop_path(y)
+        with jax.named_scope("norm"):
+            y = self.norm2(x)
+        with jax.named_scope("mlp"):
+            y = self.mlp(y)
+        return x + self.drop_path(y)
 
 
 class PatchMerging(nnx.Module):
@@ -277,10 +285,16 @@ class SwinTransformer3d(nnx.Module):
         self.norm = layer_norm(cfg.num_features, rngs, precision)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.pos_drop(self.patch_embed(x))
-        for i, blocks in enumerate(self.stages):
-            for block in blocks:
-                x = nnx.remat(type(block).__call__)(block, x) if self.remat else block(x)
-            if i < len(self.merges):
-                x = self.merges[i](x)
-        return self.norm(x)
+        # The named scopes are what `avcanet_jax.step_profile` attributes compiled instructions to.
+        with jax.named_scope("swin"):
+            with jax.named_scope("patch_embed"):
+                x = self.pos_drop(self.patch_embed(x))
+            for i, blocks in enumerate(self.stages):
+                with jax.named_scope(f"stage{i + 1}"):
+                    for j, block in enumerate(blocks):
+                        with jax.named_scope(f"block{j}"):
+                            x = nnx.remat(type(block).__call__)(block, x) if self.remat else block(x)
+                    if i < len(self.merges):
+                        with jax.named_scope("merge"):
+                            x = self.merges[i](x)
+            return self.norm(x)

@@ -60,10 +60,11 @@ class LossSpec:
 
 def _loss_and_metrics(model, batch, spec: LossSpec):
     out = model(batch["video"], batch["audio"])
-    total, terms = losses.total_loss(
-        out, batch["label"], kind=spec.kind, class_polarity=jnp.asarray(spec.class_polarity),
-        lambdas=spec.lambdas, mask=batch["mask"],
-    )  # fmt: skip
+    with jax.named_scope("loss"):
+        total, terms = losses.total_loss(
+            out, batch["label"], kind=spec.kind, class_polarity=jnp.asarray(spec.class_polarity),
+            lambdas=spec.lambdas, mask=batch["mask"],
+        )  # fmt: skip
     mask = batch["mask"].astype(jnp.float32)
     correct = (out["logits"].argmax(-1) == batch["label"]).astype(jnp.float32)
     metrics = {"loss": total, **{f"loss_{k}": v for k, v in terms.items()}}
@@ -85,8 +86,9 @@ def make_steps(
         model.train()
         grad_fn = nnx.value_and_grad(lambda m: _loss_and_metrics(m, batch, spec), has_aux=True)
         (_, (metrics, _)), grads = grad_fn(model)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        optimizer.update(model, grads)
+        with jax.named_scope("optimizer"):
+            metrics["grad_norm"] = optax.global_norm(grads)
+            optimizer.update(model, grads)
         return nnx.state((model, optimizer)), metrics
 
     def evaluate(state, batch):

@@ -21,10 +21,11 @@ def test_demo_step_compiles_for_a_v5e_slice_reports_its_figures_and_exits_1_when
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
     proc = subprocess.run(
         [sys.executable, "-m", "avcanet_jax.aot", "--config=configs/demo.py", "--topology=v5e:2x2",
-         "--config.batch_size=16", "--config.mesh.axes.data=2", "--config.mesh.axes.fsdp=2", "--chip_memory_gib=0.01"],
+         "--config.batch_size=16", "--config.mesh.axes.data=2", "--config.mesh.axes.fsdp=2", "--chip_memory_gib=0.01",
+         "--profile", "--profile_top=5"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # Not 0: the HBM was set too small, on purpose.
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["topology"] == "v5e:2x2" and result["chips"] == 4 and result["device_kind"] == "TPU v5 lite"
     assert result["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
@@ -38,6 +39,15 @@ def test_demo_step_compiles_for_a_v5e_slice_reports_its_figures_and_exits_1_when
     assert "does not fit" in proc.stderr
     assert 1e8 < result["flops_per_step"] < 1e11  # Measured: 2.5e9 for 16 toy clips (4 x 4 x 32 x 32).
     assert result["estimated_step_s"] > 0
+    # --profile: every instruction in one part; the parts add up to the totals the compiler estimates.
+    profile = result["profile"]
+    parts = {r["part"]: r for r in profile["parts"]}
+    assert {"swin.patch_embed", "swin.stage1.attention", "swin.stage4.mlp", "audio", "optimizer"} <= set(parts)
+    assert sum(r["bytes"] for r in parts.values()) == profile["hbm_bytes"] > 0
+    assert sum(r["cycles"] for r in parts.values()) == profile["cycles"] > 0
+    assert parts["swin.stage1.attention"]["bwd_bytes"] > 0  # The backward pass is attributed too.
+    assert profile["x_flop_bound"] > 1 and len(profile["top_by_cycles"]) == 5
+    assert "swin.stage1.attention" in proc.stdout and "top instructions by cycles" in proc.stdout
 
 
 def test_chip_figures_know_the_generations_in_the_readme():
