@@ -139,9 +139,9 @@ def report(c, topology: str, chip_memory: int | None = None, profile_top: int = 
             with open(hlo_out, "w") as f:
                 f.write(text)
         if profile_top:
-            profile = step_profile.summarize(
-                step_profile.parse_entry(text), CLOCK_HZ[_kind(devices[0].device_kind)], top=profile_top
-            )
+            clock = CLOCK_HZ[_kind(devices[0].device_kind)]
+            roofline = step_profile.Roofline(clock, peak_flops, bandwidth)
+            profile = step_profile.summarize(step_profile.parse_entry(text, roofline), clock, top=profile_top)
             profile["x_flop_bound"] = profile["estimated_ms"] / 1e3 / result["flop_bound_s"]
             result["profile"] = profile
     return result
@@ -177,7 +177,8 @@ def main(argv):
         print(
             f"compiler's estimate {p['estimated_ms']:.1f} ms per step, {p['x_flop_bound']:.1f}x the FLOP bound "
             f"({1e3 * result['flop_bound_s']:.1f} ms); {p['hbm_bytes'] / 1e9:.2f} GB of HBM traffic per chip "
-            f"(padded to tiles; XLA's logical count {result['bytes_accessed_per_chip'] / 1e9:.2f} GB)"
+            f"(padded to tiles; XLA's logical count {result['bytes_accessed_per_chip'] / 1e9:.2f} GB); "
+            f"{100 * p['kernel_cycles'] / max(p['cycles'], 1):.0f}% of the cycles modelled from kernels' cost estimates"
         )
     print(json.dumps(result), flush=True)
     if not result["fits"]:

@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message starts with the field's name."""
 
 
-def _swin(value, fused: bool) -> SwinConfig:
+def _swin(value, attention: str) -> SwinConfig:
     if hasattr(value, "to_dict"):  # A dict field comes back as a ConfigDict from config.json.
         value = value.to_dict()
     if isinstance(value, str):
@@ -44,14 +44,24 @@ def _swin(value, fused: bool) -> SwinConfig:
         base = SwinConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
     else:
         raise ConfigError(f"config.model.swin: expected a size name or a dict, got {type(value).__name__}")
-    return dataclasses.replace(base, fused_attention=fused)
+    try:
+        return dataclasses.replace(base, attention=attention)
+    except ValueError as e:
+        raise ConfigError(f"config.model.attention: {e}") from e
+
+
+def _attention(m) -> str:
+    """`model.attention`; configs saved before it existed said `model.fused_attention` (bool)."""
+    if "attention" in m:
+        return m.attention
+    return "dot_product" if m.get("fused_attention", False) else "xla"
 
 
 def model_config(c) -> ModelConfig:
     m = c.model
     try:
         return ModelConfig(
-            num_classes=m.num_classes, swin=_swin(m.swin, m.get("fused_attention", False)),
+            num_classes=m.num_classes, swin=_swin(m.swin, _attention(m)),
             resnet_depth=m.resnet_depth, resnet_width=m.resnet_width, dim=m.dim, fusion=m.fusion,
             modalities=m.modalities, use_local=m.use_local, use_global=m.use_global,
             lgf=FusionConfig(

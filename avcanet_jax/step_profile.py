@@ -15,6 +15,10 @@ Bytes are counted as the chip lays them out: each HBM operand read and each HBM 
 its tiles (a [.., 196, 32] bfloat16 array occupies 128 lanes per row, 4x its logical size). Asynchronous
 copies count their read at the start and their write at the end; values in VMEM or SMEM cost no HBM bytes.
 XLA's own `bytes accessed` (logical, unpadded) is reported beside it.
+
+Custom kernels (Pallas/Mosaic `tpu_custom_call`s) get no `estimated_cycles` from the compiler. Their time
+is modelled from the `pl.CostEstimate` each kernel carries, as a roofline on the chip's peak FLOP/s and
+HBM bandwidth, and the summary says how many of its cycles were modelled that way (`kernel_cycles`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ TOP_SCOPES = ("audio", "local_fusion", "global_fusion", "classifier", "loss", "o
 _LEAF = re.compile(r"(\w+)\[([\d,]*)\](?:\{([^}]*)\})?")
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_KERNEL_COST = re.compile(r'"cost_estimate":\{"flops":"(\d+)","transcendentals":"\d+","bytes_accessed":"(\d+)"')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,19 @@ class Op:
     hbm_bytes: int
     part: str
     backward: bool
+    kernel: bool = False  # Cycles modelled from a custom kernel's cost estimate.
+
+
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+    """What turns a kernel's cost estimate into cycles: the chip's clock, peak FLOP/s and HBM bandwidth."""
+
+    clock_hz: float
+    peak_flops: float
+    hbm_bandwidth: float
+
+    def cycles(self, flops: float, nbytes: float) -> int:
+        return int(self.clock_hz * max(flops / self.peak_flops, nbytes / self.hbm_bandwidth))
 
 
 def leaf_bytes(shape: str, hbm_only: bool = True) -> int:
@@ -115,12 +133,13 @@ def part_of(op_name: str, opcode: str) -> str:
     return next((s for s in path if s in TOP_SCOPES), "other")
 
 
-def parse_entry(hlo_text: str) -> list[Op]:
-    """The entry computation's instructions with their cycles, HBM bytes and part."""
+def parse_entry(hlo_text: str, roofline: Roofline | None = None) -> list[Op]:
+    """The entry computation's instructions with their cycles, HBM bytes and part (`roofline`: how to
+    cost custom kernels, which the compiler leaves without cycles; without it they count 0 cycles)."""
     entry = re.search(r"^ENTRY [^\n]*\{\n(.*?)^\}", hlo_text, re.S | re.M)
     if entry is None:
         raise ValueError("no ENTRY computation in this HLO text")
-    rows = []  # (name, opcode, shape, operands, op_name, cycles)
+    rows = []  # (name, opcode, shape, operands, op_name, cycles, kernel)
     for line in entry.group(1).splitlines():
         m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
         if not m:
@@ -130,9 +149,13 @@ def parse_entry(hlo_text: str) -> list[Op]:
         shape, rest = rest[:end], rest[end:].lstrip()
         opcode = rest[: rest.index("(")]
         operands = re.findall(r"%([\w.\-]+)", rest[len(opcode) : _balanced(rest, len(opcode))])
-        cycles, op_name = _CYCLES.search(line), _OP_NAME.search(line)
-        rows.append((m.group(1), opcode, shape, operands, op_name.group(1) if op_name else "",
-                     int(cycles.group(1)) if cycles else 0))  # fmt: skip
+        cycles, op_name, kernel = _CYCLES.search(line), _OP_NAME.search(line), _KERNEL_COST.search(line)
+        if cycles:
+            cycles = int(cycles.group(1))
+        elif kernel and roofline:
+            cycles = roofline.cycles(float(kernel.group(1)), float(kernel.group(2)))
+        rows.append((m.group(1), opcode, shape, operands, op_name.group(1) if op_name else "", cycles or 0,
+                     bool(kernel and cycles)))  # fmt: skip
     by_name = {r[0]: r for r in rows}
     consumers = defaultdict(list)
     for r in rows:
@@ -153,7 +176,7 @@ def parse_entry(hlo_text: str) -> list[Op]:
         return ""
 
     ops = []
-    for name, opcode, shape, operands, op_name, cycles in rows:
+    for name, opcode, shape, operands, op_name, cycles, kernel in rows:
         if opcode in NO_TRAFFIC:
             hbm = 0
         elif opcode.endswith("-done"):
@@ -169,7 +192,8 @@ def parse_entry(hlo_text: str) -> list[Op]:
             op_name = named(name, forward=True)
         elif not op_name and opcode.endswith("-done"):  # An eviction belongs to what wrote it.
             op_name = named(name, forward=False)
-        ops.append(Op(name, opcode, shape, op_name, cycles, hbm, part_of(op_name, opcode), "transpose(" in op_name))
+        backward = "transpose(" in op_name
+        ops.append(Op(name, opcode, shape, op_name, cycles, hbm, part_of(op_name, opcode), backward, kernel))
     return ops
 
 
@@ -203,6 +227,7 @@ def summarize(ops: list[Op], clock_hz: float, top: int = 15) -> dict:
         "hbm_bytes": total_bytes,
         "cycles": total_cycles,
         "estimated_ms": 1e3 * total_cycles / clock_hz,
+        "kernel_cycles": sum(op.cycles for op in ops if op.kernel),
         "parts": table,
         "top_by_bytes": [brief(op) for op in sorted(ops, key=lambda o: -o.hbm_bytes)[:top]],
         "top_by_cycles": [brief(op) for op in sorted(ops, key=lambda o: -o.cycles)[:top]],

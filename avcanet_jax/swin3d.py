@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from avcanet_jax import window_attention
 from avcanet_jax.layers import FP32, TRUNC_NORMAL, DropPath, Mlp, Precision, annotated, layer_norm, linear
 
 
@@ -25,8 +26,9 @@ from avcanet_jax.layers import FP32, TRUNC_NORMAL, DropPath, Mlp, Precision, ann
 class SwinConfig:
     """Hyper-parameters of a Video Swin backbone (defaults: Swin-T, as torchvision's swin3d_t).
 
-    `fused_attention` computes window attention with `jax.nn.dot_product_attention`, which XLA can lower
-    to cuDNN's fused kernel on GPUs; same numbers, no attention dropout.
+    `attention` picks the window-attention implementation (`avcanet_jax.window_attention`): "xla" (the
+    reference), "dot_product" (`jax.nn.dot_product_attention`) or "pallas" (a TPU kernel that keeps the
+    scores on chip; interpreted elsewhere). Same numbers; only "xla" has attention dropout.
     """
 
     patch_size: tuple[int, int, int] = (2, 4, 4)
@@ -39,11 +41,17 @@ class SwinConfig:
     attention_dropout: float = 0.0
     stochastic_depth_prob: float = 0.1
     in_channels: int = 3
-    fused_attention: bool = False
+    attention: str = "xla"
 
     def __post_init__(self):
-        if self.fused_attention and self.attention_dropout:
-            raise ValueError("swin.fused_attention has no attention dropout; set swin.attention_dropout=0")
+        if self.attention not in window_attention.IMPLEMENTATIONS:
+            raise ValueError(
+                f"swin.attention must be one of {window_attention.IMPLEMENTATIONS}, got {self.attention!r}"
+            )
+        if self.attention != "xla" and self.attention_dropout:
+            raise ValueError(
+                f"swin.attention={self.attention!r} has no attention dropout; set swin.attention_dropout=0"
+            )
 
     @property
     def num_features(self) -> int:
@@ -129,13 +137,14 @@ class WindowAttention3d(nnx.Module):
         self.attn_drop = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
         self.proj_drop = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.dtype = precision.dtype
-        self.fused = cfg.fused_attention
+        self.impl = cfg.attention
 
     def _relative_bias(self, window) -> jax.Array:
+        """[heads, V, V] bias of a window of this size."""
         vol = int(np.prod(window))
         index = relative_position_index(self.window)[:vol, :vol]  # torchvision's slicing, see module doc.
         bias = self.relative_position_bias_table[...][index.reshape(-1)].reshape(vol, vol, -1)
-        return bias.transpose(2, 0, 1)[None].astype(self.dtype)
+        return bias.transpose(2, 0, 1).astype(self.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, h, w, c = x.shape
@@ -147,44 +156,14 @@ class WindowAttention3d(nnx.Module):
             x = jnp.roll(x, [-s for s in shift], axis=(1, 2, 3))
         windows = _partition(x, window)  # [B*nW, V, C]
         mask = jnp.asarray(shift_mask(tuple(padded), window, shift)) if any(shift) else None  # [nW, V, V]
-        attend = self._fused_attention if self.fused else self._attention
-        out = self.proj_drop(self.proj(attend(self.qkv(windows), self._relative_bias(window), mask, b)))
-        x = _merge(out, window, b, padded)
+        dropout = self.attn_drop if self.impl == "xla" else None
+        out = window_attention.attention(
+            self.qkv(windows), self._relative_bias(window), mask, self.num_heads, self.impl, dropout
+        )
+        x = _merge(self.proj_drop(self.proj(out)), window, b, padded)
         if any(shift):
             x = jnp.roll(x, shift, axis=(1, 2, 3))
         return x[:, :t, :h, :w]
-
-    def _attention(self, qkv: jax.Array, bias: jax.Array, mask, b: int) -> jax.Array:
-        """Softmax(q k^T / sqrt(d) + bias + mask) v per window and head: [n, V, 3C] -> [n, V, C]."""
-        n, vol, c3 = qkv.shape
-        head_dim = c3 // 3 // self.num_heads
-        qkv = qkv.reshape(n, vol, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * head_dim**-0.5, qkv[1], qkv[2]
-        attn = jnp.einsum("nhqd,nhkd->nhqk", q, k) + bias
-        if mask is not None:
-            attn = attn.reshape(b, -1, self.num_heads, vol, vol) + mask.astype(attn.dtype)[None, :, None]
-            attn = attn.reshape(n, self.num_heads, vol, vol)
-        attn = self.attn_drop(jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype))
-        return jnp.einsum("nhqk,nhkd->nhqd", attn, v).transpose(0, 2, 1, 3).reshape(n, vol, -1)
-
-    def _fused_attention(self, qkv: jax.Array, bias: jax.Array, mask, b: int) -> jax.Array:
-        """The same attention through `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPUs).
-
-        Windows are folded into the head axis, [B, V, nW * heads, d], so the per-window shift mask and the
-        relative bias become one [1, nW * heads, V, V] bias that broadcasts over the batch.
-        """
-        n, vol, c3 = qkv.shape
-        nw, heads = n // b, self.num_heads
-        head_dim = c3 // 3 // heads
-        qkv = qkv.reshape(b, nw, vol, 3, heads, head_dim)
-        q, k, v = (qkv[:, :, :, i].transpose(0, 2, 1, 3, 4).reshape(b, vol, nw * heads, head_dim) for i in range(3))
-        full_bias = jnp.broadcast_to(bias, (nw, heads, vol, vol))
-        if mask is not None:
-            full_bias = full_bias + mask.astype(bias.dtype)[:, None]
-        out = jax.nn.dot_product_attention(
-            q, k, v, bias=full_bias.reshape(1, nw * heads, vol, vol).astype(q.dtype), scale=head_dim**-0.5
-        )
-        return out.reshape(b, vol, nw, heads * head_dim).transpose(0, 2, 1, 3).reshape(n, vol, -1)
 
 
 class SwinBlock3d(nnx.Module):

@@ -81,20 +81,24 @@ def make_steps(
     """
     replicated = NamedSharding(mesh, PartitionSpec())
 
+    # The mesh is known while tracing, so that code which must run per device (a Pallas kernel, which XLA
+    # cannot partition, under `jax.shard_map`) can find it.
     def train(state, batch):
-        model, optimizer = nnx.merge(graphdef, state)
-        model.train()
-        grad_fn = nnx.value_and_grad(lambda m: _loss_and_metrics(m, batch, spec), has_aux=True)
-        (_, (metrics, _)), grads = grad_fn(model)
-        with jax.named_scope("optimizer"):
-            metrics["grad_norm"] = optax.global_norm(grads)
-            optimizer.update(model, grads)
-        return nnx.state((model, optimizer)), metrics
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            model, optimizer = nnx.merge(graphdef, state)
+            model.train()
+            grad_fn = nnx.value_and_grad(lambda m: _loss_and_metrics(m, batch, spec), has_aux=True)
+            (_, (metrics, _)), grads = grad_fn(model)
+            with jax.named_scope("optimizer"):
+                metrics["grad_norm"] = optax.global_norm(grads)
+                optimizer.update(model, grads)
+            return nnx.state((model, optimizer)), metrics
 
     def evaluate(state, batch):
-        model, _ = nnx.merge(graphdef, state)
-        model.eval()
-        return model(batch["video"], batch["audio"])
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            model, _ = nnx.merge(graphdef, state)
+            model.eval()
+            return model(batch["video"], batch["audio"])
 
     batch_shardings = jax.tree.map(lambda _: batch_sharding, {"video": 0, "audio": 0, "label": 0, "mask": 0})
     train_step = jax.jit(

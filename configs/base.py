@@ -42,7 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.faithful_level_weights = True
     c.model.bfloat16 = False
     c.model.remat = False
-    c.model.fused_attention = False
+    # Window attention: "xla" (reference), "dot_product" (jax.nn.dot_product_attention) or "pallas" (TPU
+    # kernel, scores kept on chip; see avcanet_jax/window_attention.py and the README's benchmarks).
+    c.model.attention = "xla"
 
     c.loss = "ep_ce"  # or "ce"
     c.ep_ce_lambdas = (0.5, 0.5, 0.5)  # positive, neutral, negative

@@ -1,0 +1,279 @@
+"""Window attention of Video Swin: softmax(q k^T / sqrt(d) + relative bias + shift mask) v, per window and head.
+
+Three implementations of one function, `attention(qkv, bias, mask, heads, impl)`:
+
+- "xla": plain jnp, the reference; XLA writes every [windows, heads, V, V] score tensor (and, in the
+  backward pass, its gradient) to memory. Stage 1 of Swin-T has 196-token windows, so at 2 clips per
+  chip one layer's scores are 236 MB in float32; on a TPU v5e this path is most of the train step.
+- "dot_product": `jax.nn.dot_product_attention` with windows folded into the head axis. Same numbers;
+  JAX picks XLA's implementation unless told otherwise, so it moves the same bytes.
+- "pallas": a Pallas TPU kernel per block of windows, forward and backward, that keeps each window's
+  scores in on-chip memory. A window's full score row is there, so the backward pass recomputes the
+  softmax instead of saving it, and the bias gradient (the sum over windows of the score gradient) is
+  reduced inside the kernel into one [heads, V, V] block. q, k and v stay packed as the qkv projection
+  writes them, [windows, V, 3 * C], so no head_dim-32 array is ever laid out in HBM with 128 lanes.
+  Runs on CPU in Pallas's interpreter (tests), and compiles for TPUs; not for GPUs.
+
+`qkv` is [N, V, 3C] with N = batch x windows (windows fastest), `bias` [heads, V, V], `mask` [nW, V, V]
+(0 or -100, the shifted-window mask of window n % nW) or None. The result is [N, V, C].
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from avcanet_jax.layers import DEFAULT_RULES
+
+IMPLEMENTATIONS = ("xla", "dot_product", "pallas")
+# Per grid step the kernel holds a block of windows in VMEM, with several float32 [block, V, V] score-sized
+# arrays live per head in the backward pass; this bounds one of them (8 windows of 196 tokens), and
+# VMEM_LIMIT lifts the compiler's default scoped-VMEM limit enough for all of them.
+SCORE_BYTES = 5 * 2**18
+VMEM_LIMIT = 64 * 2**20
+MXU = 128  # Matrix-unit tile edge (v4, v5e, v5p); products are costed with dimensions padded to it.
+
+
+def reference(qkv: jax.Array, bias: jax.Array, mask, heads: int, dropout=None) -> jax.Array:
+    """The plain path; `dropout` (a callable on the probabilities) is the attention dropout."""
+    n, vol, c3 = qkv.shape
+    head_dim = c3 // 3 // heads
+    qkv = qkv.reshape(n, vol, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * head_dim**-0.5, qkv[1], qkv[2]
+    attn = jnp.einsum("nhqd,nhkd->nhqk", q, k) + bias.astype(q.dtype)[None]
+    if mask is not None:
+        nw = mask.shape[0]
+        attn = attn.reshape(n // nw, nw, heads, vol, vol) + mask.astype(attn.dtype)[None, :, None]
+        attn = attn.reshape(n, heads, vol, vol)
+    attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
+    if dropout is not None:
+        attn = dropout(attn)
+    return jnp.einsum("nhqk,nhkd->nhqd", attn, v).transpose(0, 2, 1, 3).reshape(n, vol, -1)
+
+
+def dot_product(qkv: jax.Array, bias: jax.Array, mask, heads: int) -> jax.Array:
+    """Through `jax.nn.dot_product_attention`: windows folded into heads, [B, V, nW * heads, d], so the
+    per-window mask and the relative bias become one [1, nW * heads, V, V] bias."""
+    n, vol, c3 = qkv.shape
+    nw = mask.shape[0] if mask is not None else 1
+    b, head_dim = n // nw, c3 // 3 // heads
+    qkv = qkv.reshape(b, nw, vol, 3, heads, head_dim)
+    q, k, v = (qkv[:, :, :, i].transpose(0, 2, 1, 3, 4).reshape(b, vol, nw * heads, head_dim) for i in range(3))
+    full_bias = jnp.broadcast_to(bias.astype(q.dtype), (nw, heads, vol, vol))
+    if mask is not None:
+        full_bias = full_bias + mask.astype(q.dtype)[:, None]
+    out = jax.nn.dot_product_attention(q, k, v, bias=full_bias.reshape(1, nw * heads, vol, vol), scale=head_dim**-0.5)
+    return out.reshape(b, vol, nw, heads * head_dim).transpose(0, 2, 1, 3).reshape(n, vol, -1)
+
+
+def _heads(qkv, heads: int, h: int):
+    c = qkv.shape[-1] // 3
+    d = c // heads
+    return (qkv[:, :, i * c + h * d : i * c + (h + 1) * d] for i in range(3))
+
+
+def _acc(dtype):
+    """Products accumulate in float32, or in float64 for float64 inputs (tests compare in float64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _probabilities(q, k, bias_ref, mask_ref, h: int, scale: float):
+    """Softmax over keys in float32, as the reference computes it."""
+    s = jnp.einsum("bqd,bkd->bqk", q, k, preferred_element_type=_acc(q.dtype)) * scale
+    s = s + bias_ref[h].astype(s.dtype)[None]
+    if mask_ref is not None:
+        s = s + mask_ref[...].astype(s.dtype)
+    s = s.astype(jnp.float32)
+    p = jnp.exp(s - s.max(axis=-1, keepdims=True))
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def _forward_kernel(*refs, heads: int, scale: float, masked: bool):
+    qkv_ref, bias_ref, *rest = refs
+    mask_ref = rest.pop(0) if masked else None
+    (o_ref,) = rest
+    qkv = qkv_ref[...]
+    outs = []
+    for h in range(heads):
+        q, k, v = _heads(qkv, heads, h)
+        p = _probabilities(q, k, bias_ref, mask_ref, h, scale)
+        outs.append(jnp.einsum("bqk,bkd->bqd", p.astype(v.dtype), v, preferred_element_type=_acc(v.dtype)))
+    o_ref[...] = jnp.concatenate(outs, axis=-1).astype(o_ref.dtype)
+
+
+def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
+    qkv_ref, bias_ref, *rest = refs
+    mask_ref = rest.pop(0) if masked else None
+    do_ref, dqkv_ref, dbias_ref = rest
+
+    @pl.when(pl.program_id(0) == 0)
+    def _():
+        dbias_ref[...] = jnp.zeros_like(dbias_ref)
+
+    qkv, do = qkv_ref[...], do_ref[...]
+    d = do.shape[-1] // heads
+    grads, dbias = [[], [], []], []
+    for h in range(heads):
+        q, k, v = _heads(qkv, heads, h)
+        p = _probabilities(q, k, bias_ref, mask_ref, h, scale)
+        do_h = do[:, :, h * d : (h + 1) * d]
+        acc = _acc(qkv.dtype)
+        dp = jnp.einsum("bqd,bkd->bqk", do_h, v, preferred_element_type=acc).astype(jnp.float32)
+        ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True))  # Softmax's backward; scores never left VMEM.
+        grads[0].append(jnp.einsum("bqk,bkd->bqd", ds.astype(k.dtype), k, preferred_element_type=acc) * scale)
+        grads[1].append(jnp.einsum("bqk,bqd->bkd", ds.astype(q.dtype), q, preferred_element_type=acc) * scale)
+        grads[2].append(jnp.einsum("bqk,bqd->bkd", p.astype(do.dtype), do_h, preferred_element_type=acc))
+        dbias.append(ds.sum(axis=0))
+    dqkv_ref[...] = jnp.concatenate(grads[0] + grads[1] + grads[2], axis=-1).astype(dqkv_ref.dtype)
+    dbias_ref[...] += jnp.stack(dbias)
+
+
+def block_windows(n: int, nw: int, vol: int) -> int:
+    """Windows per grid step: a divisor of the mask's period `nw` (so a block sees one run of masks) and
+    of `n`, as large as SCORE_BYTES allows for one block's float32 scores."""
+    period = nw if nw > 1 else n
+    best = 1
+    for wb in range(1, period + 1):
+        if period % wb == 0 and n % wb == 0 and wb * vol * vol * 4 <= SCORE_BYTES:
+            best = wb
+    return best
+
+
+def _specs(n, vol, c3, heads, nw, wb, masked):
+    specs = [pl.BlockSpec((wb, vol, c3), lambda i: (i, 0, 0)), pl.BlockSpec((heads, vol, vol), lambda i: (0, 0, 0))]
+    if masked:
+        period = nw // wb
+        specs.append(pl.BlockSpec((wb, vol, vol), lambda i: (i % period, 0, 0)))
+    return specs
+
+
+def _cost(n, vol, c3, heads, matmuls: int, qkv_bytes: int, other_bytes: int) -> pl.CostEstimate:
+    """What the kernel makes the chip do: its `matmuls` [V, V] x [V, d] products per window and head with
+    every dimension padded to the matrix unit (a head_dim of 32 fills a quarter of a 128-wide MXU, so
+    this is about 5x the model's FLOPs), one exp per score, and the HBM bytes it reads and writes."""
+    d = c3 // 3 // heads
+    padded = lambda x: -(-x // MXU) * MXU  # noqa: E731
+    per_product = 2 * vol * padded(vol) * padded(d)
+    return pl.CostEstimate(
+        flops=matmuls * n * heads * per_product, transcendentals=n * heads * vol * vol,
+        bytes_accessed=qkv_bytes + other_bytes,
+    )  # fmt: skip
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _pallas(qkv, bias, mask, heads: int, interpret: bool | None):
+    return _pallas_forward(qkv, bias, mask, heads, interpret)
+
+
+def _pallas_forward(qkv, bias, mask, heads, interpret):
+    n, vol, c3 = qkv.shape
+    masked = mask is not None
+    nw = mask.shape[0] if masked else 1
+    wb = block_windows(n, nw, vol)
+    itemsize = qkv.dtype.itemsize
+    args = (qkv, bias) + ((mask,) if masked else ())
+    call = lambda interpret: pl.pallas_call(  # noqa: E731
+        functools.partial(_forward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
+        grid=(n // wb,),
+        in_specs=_specs(n, vol, c3, heads, nw, wb, masked),
+        out_specs=pl.BlockSpec((wb, vol, c3 // 3), lambda i: (i, 0, 0)),
+        out_shape=jax.ShapeDtypeStruct((n, vol, c3 // 3), qkv.dtype),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",), vmem_limit_bytes=VMEM_LIMIT),
+        cost_estimate=_cost(
+            n, vol, c3, heads, 2, n * vol * (c3 + c3 // 3) * itemsize,
+            bias.size * bias.dtype.itemsize + (n // wb) * (mask.size // nw * wb * 4 if masked else 0),
+        ),
+        interpret=interpret,
+    )(*args)  # fmt: skip
+    return _on_platform(call, interpret)
+
+
+def _on_platform(call, interpret: bool | None):
+    """`call(interpret)`: compiled with Mosaic when lowering for a TPU, interpreted for any other platform
+    (decided by the platform the program is lowered for, so an ahead-of-time TPU compile on a CPU machine
+    gets the real kernel)."""
+    if interpret is not None:
+        return call(interpret)
+    return jax.lax.platform_dependent(tpu=lambda: call(False), default=lambda: call(True))
+
+
+def _pallas_fwd(qkv, bias, mask, heads, interpret):
+    return _pallas_forward(qkv, bias, mask, heads, interpret), (qkv, bias, mask)
+
+
+def _pallas_bwd(heads, interpret, residuals, do):
+    qkv, bias, mask = residuals
+    n, vol, c3 = qkv.shape
+    masked = mask is not None
+    nw = mask.shape[0] if masked else 1
+    wb = block_windows(n, nw, vol)
+    itemsize = qkv.dtype.itemsize
+    args = (qkv, bias) + ((mask,) if masked else ()) + (do,)
+    call = lambda interpret: pl.pallas_call(  # noqa: E731
+        functools.partial(_backward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
+        grid=(n // wb,),
+        in_specs=_specs(n, vol, c3, heads, nw, wb, masked) + [pl.BlockSpec((wb, vol, c3 // 3), lambda i: (i, 0, 0))],
+        out_specs=[
+            pl.BlockSpec((wb, vol, c3), lambda i: (i, 0, 0)), pl.BlockSpec((heads, vol, vol), lambda i: (0, 0, 0))
+        ],
+        out_shape=[jax.ShapeDtypeStruct(qkv.shape, qkv.dtype), jax.ShapeDtypeStruct((heads, vol, vol), jnp.float32)],
+        # The bias gradient is summed over the grid in one resident block, so the steps run in order.
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",), vmem_limit_bytes=VMEM_LIMIT),
+        cost_estimate=_cost(
+            n, vol, c3, heads, 5, n * vol * (2 * c3 + c3 // 3) * itemsize,
+            bias.size * (bias.dtype.itemsize + 4) + (n // wb) * (mask.size // nw * wb * 4 if masked else 0),
+        ),
+        interpret=interpret,
+    )(*args)  # fmt: skip
+    dqkv, dbias = _on_platform(call, interpret)
+    return dqkv, dbias.astype(bias.dtype), None if mask is None else jnp.zeros_like(mask)
+
+
+_pallas.defvjp(_pallas_fwd, _pallas_bwd)
+
+
+def pallas(qkv: jax.Array, bias: jax.Array, mask, heads: int, interpret: bool | None = None) -> jax.Array:
+    """The Pallas kernel, each device on its own share of the windows when a mesh shards the batch.
+
+    A Pallas call is opaque to XLA's partitioner, so under a mesh it runs inside `jax.shard_map` over the
+    mesh axes the logical "batch" axis maps to (windows are batch-major); the bias gradient of each
+    share is then summed over those axes by shard_map's transpose. `interpret`: by default the kernel is
+    compiled for TPUs and interpreted elsewhere.
+    """
+    mask = None if mask is None else jnp.asarray(mask, jnp.float32)
+    fn = functools.partial(_pallas, heads=heads, interpret=interpret)
+    mesh = jax.sharding.get_abstract_mesh()
+    batch_axes = () if mesh.empty else _batch_axes(mesh)
+    if not batch_axes:
+        return fn(qkv, bias, mask)
+    spec = jax.sharding.PartitionSpec(batch_axes)
+    replicated = jax.sharding.PartitionSpec()
+    # check_vma=False: a pallas_call does not say how its outputs vary over the mesh axes.
+    return jax.shard_map(
+        lambda q, b, m: fn(q, b, m), mesh=mesh, in_specs=(spec, replicated, replicated), out_specs=spec,
+        check_vma=False,
+    )(qkv, bias, mask)  # fmt: skip
+
+
+def _batch_axes(mesh) -> tuple[str, ...]:
+    """The mesh axes (of size > 1) the logical "batch" axis maps to: by the active flax rules, else by the
+    trainer's default table."""
+    spec = nn.logical_to_mesh_axes(("batch",), None if nn.get_logical_axis_rules() else DEFAULT_RULES)
+    axes = spec[0] if spec and spec[0] is not None else ()
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    return tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
+
+
+def attention(qkv: jax.Array, bias: jax.Array, mask, heads: int, impl: str = "xla", dropout=None) -> jax.Array:
+    if impl == "xla":
+        return reference(qkv, bias, mask, heads, dropout)
+    if impl == "dot_product":
+        return dot_product(qkv, bias, mask, heads)
+    if impl == "pallas":
+        return pallas(qkv, bias, mask, heads)
+    raise ValueError(f"window attention implementation {impl!r} is not one of {IMPLEMENTATIONS}")
