@@ -93,7 +93,7 @@ def lower_train_step(c, devices) -> tuple[jax.stages.Lowered, jax.sharding.Mesh]
     """The jitted train step of `train.py`, lowered for `devices`."""
     num_processes = len({getattr(d, "process_index", 0) for d in devices})
     mesh = sharding.make_mesh(config_checks.validate(c, len(devices), num_processes), devices)
-    model_cfg = config_checks.model_config(c)
+    model_cfg = config_checks.model_config(c, platform=devices[0].platform)  # "tpu" for a topology's devices.
     card = datasets.card(c.data.dataset)
     datasets.check_num_classes(model_cfg.num_classes, c.data.dataset, card)
     tx = train_step.make_optimizer(c, updates_per_epoch=1000)  # The schedule's length does not change the step.

@@ -18,6 +18,7 @@ from avcanet_jax.fusion import FusionConfig
 from avcanet_jax.input_pipeline import PipelineConfig
 from avcanet_jax.sharding import mesh_shape
 from avcanet_jax.swin3d import SWIN_SIZES, SwinConfig
+from avcanet_jax.window_attention import IMPLEMENTATIONS
 
 KNOWN_DATASETS = ("emotions", "video_emotion8", "ekman6")
 BATCH_AXES = ("data", "fsdp")  # Mesh axes the batch is split over (see layers.DEFAULT_RULES).
@@ -50,18 +51,26 @@ def _swin(value, attention: str) -> SwinConfig:
         raise ConfigError(f"config.model.attention: {e}") from e
 
 
-def _attention(m) -> str:
-    """`model.attention`; configs saved before it existed said `model.fused_attention` (bool)."""
-    if "attention" in m:
-        return m.attention
-    return "dot_product" if m.get("fused_attention", False) else "xla"
+def _attention(m, platform: str) -> str:
+    """`model.attention`, with "auto" resolved for the platform the model will be compiled for: the Pallas
+    kernel on TPUs, the XLA reference elsewhere (the kernel only compiles for TPUs; other backends would
+    interpret it). Configs saved before the field existed said `model.fused_attention` (bool)."""
+    if "attention" not in m:
+        return "dot_product" if m.get("fused_attention", False) else "xla"
+    if m.attention == "auto":
+        return "pallas" if platform == "tpu" else "xla"
+    if m.attention not in IMPLEMENTATIONS:
+        raise ConfigError(f"config.model.attention: {m.attention!r} is not one of {('auto', *IMPLEMENTATIONS)}")
+    return m.attention
 
 
-def model_config(c) -> ModelConfig:
+def model_config(c, platform: str | None = None) -> ModelConfig:
+    """The model the config describes, for `platform` (default: JAX's default backend), which decides
+    `model.attention = "auto"`."""
     m = c.model
     try:
         return ModelConfig(
-            num_classes=m.num_classes, swin=_swin(m.swin, _attention(m)),
+            num_classes=m.num_classes, swin=_swin(m.swin, _attention(m, platform or jax.default_backend())),
             resnet_depth=m.resnet_depth, resnet_width=m.resnet_width, dim=m.dim, fusion=m.fusion,
             modalities=m.modalities, use_local=m.use_local, use_global=m.use_global,
             lgf=FusionConfig(

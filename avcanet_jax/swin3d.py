@@ -156,9 +156,14 @@ class WindowAttention3d(nnx.Module):
             x = jnp.roll(x, [-s for s in shift], axis=(1, 2, 3))
         windows = _partition(x, window)  # [B*nW, V, C]
         mask = jnp.asarray(shift_mask(tuple(padded), window, shift)) if any(shift) else None  # [nW, V, V]
+        # The qkv projection without its bias, which the attention adds (the Pallas kernel adds it on chip).
+        x, kernel, qkv_bias = nnx.nn.dtypes.promote_dtype(
+            (windows, self.qkv.kernel[...], self.qkv.bias[...]), dtype=self.dtype
+        )
+        qkv = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
         dropout = self.attn_drop if self.impl == "xla" else None
         out = window_attention.attention(
-            self.qkv(windows), self._relative_bias(window), mask, self.num_heads, self.impl, dropout
+            qkv, self._relative_bias(window), mask, self.num_heads, self.impl, dropout, qkv_bias
         )
         x = _merge(self.proj_drop(self.proj(out)), window, b, padded)
         if any(shift):

@@ -12,10 +12,13 @@ Three implementations of one function, `attention(qkv, bias, mask, heads, impl)`
   softmax instead of saving it, and the bias gradient (the sum over windows of the score gradient) is
   reduced inside the kernel into one [heads, V, V] block. q, k and v stay packed as the qkv projection
   writes them, [windows, V, 3 * C], so no head_dim-32 array is ever laid out in HBM with 128 lanes.
+  The qkv projection's bias is added inside too, so its gradient (a sum over every token) is reduced
+  in the backward kernel from values already on chip instead of in a separate pass over HBM.
   Runs on CPU in Pallas's interpreter (tests), and compiles for TPUs; not for GPUs.
 
 `qkv` is [N, V, 3C] with N = batch x windows (windows fastest), `bias` [heads, V, V], `mask` [nW, V, V]
-(0 or -100, the shifted-window mask of window n % nW) or None. The result is [N, V, C].
+(0 or -100, the shifted-window mask of window n % nW) or None, `qkv_bias` [3C] (added to `qkv` first).
+The result is [N, V, C].
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ IMPLEMENTATIONS = ("xla", "dot_product", "pallas")
 # arrays live per head in the backward pass; this bounds one of them (8 windows of 196 tokens), and
 # VMEM_LIMIT lifts the compiler's default scoped-VMEM limit enough for all of them.
 SCORE_BYTES = 5 * 2**18
+QKV_BYTES = 2 * 2**20  # And this its [block, V, 3C] input (wide at stage 4: 3C = 2304).
 VMEM_LIMIT = 64 * 2**20
 MXU = 128  # Matrix-unit tile edge (v4, v5e, v5p); products are costed with dimensions padded to it.
 
@@ -93,11 +97,16 @@ def _probabilities(q, k, bias_ref, mask_ref, h: int, scale: float):
     return p / p.sum(axis=-1, keepdims=True)
 
 
+def _with_bias(qkv_ref, qkv_bias_ref):
+    """qkv + its projection's bias, added in qkv's dtype as `nnx.Linear` adds it."""
+    return qkv_ref[...] + qkv_bias_ref[...].astype(qkv_ref.dtype)[None]
+
+
 def _forward_kernel(*refs, heads: int, scale: float, masked: bool):
-    qkv_ref, bias_ref, *rest = refs
+    qkv_ref, qkv_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
     (o_ref,) = rest
-    qkv = qkv_ref[...]
+    qkv = _with_bias(qkv_ref, qkv_bias_ref)
     outs = []
     for h in range(heads):
         q, k, v = _heads(qkv, heads, h)
@@ -107,15 +116,16 @@ def _forward_kernel(*refs, heads: int, scale: float, masked: bool):
 
 
 def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
-    qkv_ref, bias_ref, *rest = refs
+    qkv_ref, qkv_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
-    do_ref, dqkv_ref, dbias_ref = rest
+    do_ref, dqkv_ref, dqkv_bias_ref, dbias_ref = rest
 
     @pl.when(pl.program_id(0) == 0)
     def _():
         dbias_ref[...] = jnp.zeros_like(dbias_ref)
+        dqkv_bias_ref[...] = jnp.zeros_like(dqkv_bias_ref)
 
-    qkv, do = qkv_ref[...], do_ref[...]
+    qkv, do = _with_bias(qkv_ref, qkv_bias_ref), do_ref[...]
     d = do.shape[-1] // heads
     grads, dbias = [[], [], []], []
     for h in range(heads):
@@ -129,23 +139,31 @@ def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
         grads[1].append(jnp.einsum("bqk,bqd->bkd", ds.astype(q.dtype), q, preferred_element_type=acc) * scale)
         grads[2].append(jnp.einsum("bqk,bqd->bkd", p.astype(do.dtype), do_h, preferred_element_type=acc))
         dbias.append(ds.sum(axis=0))
-    dqkv_ref[...] = jnp.concatenate(grads[0] + grads[1] + grads[2], axis=-1).astype(dqkv_ref.dtype)
+    dqkv = jnp.concatenate(grads[0] + grads[1] + grads[2], axis=-1)
+    dqkv_ref[...] = dqkv.astype(dqkv_ref.dtype)
+    dqkv_bias_ref[...] += dqkv.astype(jnp.float32).sum(axis=(0, 1))[None]
     dbias_ref[...] += jnp.stack(dbias)
 
 
-def block_windows(n: int, nw: int, vol: int) -> int:
+def block_windows(n: int, nw: int, vol: int, width: int = 0, itemsize: int = 2) -> int:
     """Windows per grid step: a divisor of the mask's period `nw` (so a block sees one run of masks) and
-    of `n`, as large as SCORE_BYTES allows for one block's float32 scores."""
+    of `n`, as large as SCORE_BYTES and QKV_BYTES allow for one block's float32 scores and its
+    [block, V, `width`] input."""
     period = nw if nw > 1 else n
     best = 1
     for wb in range(1, period + 1):
-        if period % wb == 0 and n % wb == 0 and wb * vol * vol * 4 <= SCORE_BYTES:
+        fits = wb * vol * vol * 4 <= SCORE_BYTES and wb * vol * width * itemsize <= QKV_BYTES
+        if period % wb == 0 and n % wb == 0 and fits:
             best = wb
     return best
 
 
 def _specs(n, vol, c3, heads, nw, wb, masked):
-    specs = [pl.BlockSpec((wb, vol, c3), lambda i: (i, 0, 0)), pl.BlockSpec((heads, vol, vol), lambda i: (0, 0, 0))]
+    specs = [
+        pl.BlockSpec((wb, vol, c3), lambda i: (i, 0, 0)),
+        pl.BlockSpec((1, c3), lambda i: (0, 0)),
+        pl.BlockSpec((heads, vol, vol), lambda i: (0, 0, 0)),
+    ]
     if masked:
         period = nw // wb
         specs.append(pl.BlockSpec((wb, vol, vol), lambda i: (i % period, 0, 0)))
@@ -165,18 +183,18 @@ def _cost(n, vol, c3, heads, matmuls: int, qkv_bytes: int, other_bytes: int) -> 
     )  # fmt: skip
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _pallas(qkv, bias, mask, heads: int, interpret: bool | None):
-    return _pallas_forward(qkv, bias, mask, heads, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _pallas(qkv, qkv_bias, bias, mask, heads: int, interpret: bool | None):
+    return _pallas_forward(qkv, qkv_bias, bias, mask, heads, interpret)
 
 
-def _pallas_forward(qkv, bias, mask, heads, interpret):
+def _pallas_forward(qkv, qkv_bias, bias, mask, heads, interpret):
     n, vol, c3 = qkv.shape
     masked = mask is not None
     nw = mask.shape[0] if masked else 1
-    wb = block_windows(n, nw, vol)
+    wb = block_windows(n, nw, vol, c3, qkv.dtype.itemsize)
     itemsize = qkv.dtype.itemsize
-    args = (qkv, bias) + ((mask,) if masked else ())
+    args = (qkv, qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ())
     call = lambda interpret: pl.pallas_call(  # noqa: E731
         functools.partial(_forward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
         grid=(n // wb,),
@@ -202,27 +220,33 @@ def _on_platform(call, interpret: bool | None):
     return jax.lax.platform_dependent(tpu=lambda: call(False), default=lambda: call(True))
 
 
-def _pallas_fwd(qkv, bias, mask, heads, interpret):
-    return _pallas_forward(qkv, bias, mask, heads, interpret), (qkv, bias, mask)
+def _pallas_fwd(qkv, qkv_bias, bias, mask, heads, interpret):
+    return _pallas_forward(qkv, qkv_bias, bias, mask, heads, interpret), (qkv, qkv_bias, bias, mask)
 
 
 def _pallas_bwd(heads, interpret, residuals, do):
-    qkv, bias, mask = residuals
+    qkv, qkv_bias, bias, mask = residuals
     n, vol, c3 = qkv.shape
     masked = mask is not None
     nw = mask.shape[0] if masked else 1
-    wb = block_windows(n, nw, vol)
+    wb = block_windows(n, nw, vol, c3, qkv.dtype.itemsize)
     itemsize = qkv.dtype.itemsize
-    args = (qkv, bias) + ((mask,) if masked else ()) + (do,)
+    args = (qkv, qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ()) + (do,)
     call = lambda interpret: pl.pallas_call(  # noqa: E731
         functools.partial(_backward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
         grid=(n // wb,),
         in_specs=_specs(n, vol, c3, heads, nw, wb, masked) + [pl.BlockSpec((wb, vol, c3 // 3), lambda i: (i, 0, 0))],
         out_specs=[
-            pl.BlockSpec((wb, vol, c3), lambda i: (i, 0, 0)), pl.BlockSpec((heads, vol, vol), lambda i: (0, 0, 0))
+            pl.BlockSpec((wb, vol, c3), lambda i: (i, 0, 0)),
+            pl.BlockSpec((1, c3), lambda i: (0, 0)),
+            pl.BlockSpec((heads, vol, vol), lambda i: (0, 0, 0)),
         ],
-        out_shape=[jax.ShapeDtypeStruct(qkv.shape, qkv.dtype), jax.ShapeDtypeStruct((heads, vol, vol), jnp.float32)],
-        # The bias gradient is summed over the grid in one resident block, so the steps run in order.
+        out_shape=[
+            jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
+            jax.ShapeDtypeStruct((1, c3), jnp.float32),
+            jax.ShapeDtypeStruct((heads, vol, vol), jnp.float32),
+        ],
+        # The bias gradients are summed over the grid in resident blocks, so the steps run in order.
         compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",), vmem_limit_bytes=VMEM_LIMIT),
         cost_estimate=_cost(
             n, vol, c3, heads, 5, n * vol * (2 * c3 + c3 // 3) * itemsize,
@@ -230,14 +254,17 @@ def _pallas_bwd(heads, interpret, residuals, do):
         ),
         interpret=interpret,
     )(*args)  # fmt: skip
-    dqkv, dbias = _on_platform(call, interpret)
-    return dqkv, dbias.astype(bias.dtype), None if mask is None else jnp.zeros_like(mask)
+    dqkv, dqkv_bias, dbias = _on_platform(call, interpret)
+    mask_grad = None if mask is None else jnp.zeros_like(mask)
+    return dqkv, dqkv_bias.reshape(c3).astype(qkv_bias.dtype), dbias.astype(bias.dtype), mask_grad
 
 
 _pallas.defvjp(_pallas_fwd, _pallas_bwd)
 
 
-def pallas(qkv: jax.Array, bias: jax.Array, mask, heads: int, interpret: bool | None = None) -> jax.Array:
+def pallas(
+    qkv: jax.Array, bias: jax.Array, mask, heads: int, qkv_bias=None, interpret: bool | None = None
+) -> jax.Array:
     """The Pallas kernel, each device on its own share of the windows when a mesh shards the batch.
 
     A Pallas call is opaque to XLA's partitioner, so under a mesh it runs inside `jax.shard_map` over the
@@ -246,18 +273,18 @@ def pallas(qkv: jax.Array, bias: jax.Array, mask, heads: int, interpret: bool | 
     compiled for TPUs and interpreted elsewhere.
     """
     mask = None if mask is None else jnp.asarray(mask, jnp.float32)
+    qkv_bias = jnp.zeros(qkv.shape[-1], qkv.dtype) if qkv_bias is None else qkv_bias
     fn = functools.partial(_pallas, heads=heads, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
     batch_axes = () if mesh.empty else _batch_axes(mesh)
     if not batch_axes:
-        return fn(qkv, bias, mask)
+        return fn(qkv, qkv_bias, bias, mask)
     spec = jax.sharding.PartitionSpec(batch_axes)
     replicated = jax.sharding.PartitionSpec()
     # check_vma=False: a pallas_call does not say how its outputs vary over the mesh axes.
     return jax.shard_map(
-        lambda q, b, m: fn(q, b, m), mesh=mesh, in_specs=(spec, replicated, replicated), out_specs=spec,
-        check_vma=False,
-    )(qkv, bias, mask)  # fmt: skip
+        fn, mesh=mesh, in_specs=(spec, replicated, replicated, replicated), out_specs=spec, check_vma=False
+    )(qkv, qkv_bias, bias, mask)
 
 
 def _batch_axes(mesh) -> tuple[str, ...]:
@@ -269,11 +296,15 @@ def _batch_axes(mesh) -> tuple[str, ...]:
     return tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
 
 
-def attention(qkv: jax.Array, bias: jax.Array, mask, heads: int, impl: str = "xla", dropout=None) -> jax.Array:
+def attention(
+    qkv: jax.Array, bias: jax.Array, mask, heads: int, impl: str = "xla", dropout=None, qkv_bias=None
+) -> jax.Array:
+    if impl == "pallas":
+        return pallas(qkv, bias, mask, heads, qkv_bias)
+    if qkv_bias is not None:
+        qkv = qkv + qkv_bias.astype(qkv.dtype)
     if impl == "xla":
         return reference(qkv, bias, mask, heads, dropout)
     if impl == "dot_product":
         return dot_product(qkv, bias, mask, heads)
-    if impl == "pallas":
-        return pallas(qkv, bias, mask, heads)
     raise ValueError(f"window attention implementation {impl!r} is not one of {IMPLEMENTATIONS}")

@@ -42,9 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.faithful_level_weights = True
     c.model.bfloat16 = False
     c.model.remat = False
-    # Window attention: "xla" (reference), "dot_product" (jax.nn.dot_product_attention) or "pallas" (TPU
-    # kernel, scores kept on chip; see avcanet_jax/window_attention.py and the README's benchmarks).
-    c.model.attention = "xla"
+    # Window attention: "auto" (the Pallas kernel on TPUs, "xla" elsewhere), "xla" (the reference),
+    # "dot_product" (jax.nn.dot_product_attention) or "pallas" (the TPU kernel, scores kept on chip;
+    # interpreted off TPUs, for tests). See avcanet_jax/window_attention.py and the README's benchmarks.
+    c.model.attention = "auto"
 
     c.loss = "ep_ce"  # or "ce"
     c.ep_ce_lambdas = (0.5, 0.5, 0.5)  # positive, neutral, negative

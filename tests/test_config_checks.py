@@ -32,6 +32,7 @@ def test_shipped_configs_validate(module):
         (lambda c: setattr(c, "loss", "focal"), "config.loss"),
         (lambda c: setattr(c, "grad_accumulation", 0), "config.grad_accumulation"),
         (lambda c: c.optimizer.update(lr=0.0), "config.optimizer.lr"),
+        (lambda c: c.model.update(attention="cudnn"), "config.model.attention"),
     ],
 )
 def test_broken_config_names_the_field(change, field):
@@ -40,6 +41,18 @@ def test_broken_config_names_the_field(change, field):
     with pytest.raises(config_checks.ConfigError) as err:
         config_checks.validate(c, num_devices=8, num_processes=1)
     assert str(err.value).startswith(field), str(err.value)
+
+
+def test_auto_attention_is_the_kernel_on_tpus_and_the_reference_elsewhere():
+    c = base.get_config()
+    assert c.model.attention == "auto"
+    assert config_checks.model_config(c, platform="tpu").swin_config.attention == "pallas"
+    assert config_checks.model_config(c, platform="gpu").swin_config.attention == "xla"
+    assert config_checks.model_config(c).swin_config.attention == "xla"  # These tests run on CPU.
+    with c.unlocked():
+        del c.model["attention"]
+        c.model.fused_attention = True  # A config.json written before `model.attention` existed.
+    assert config_checks.model_config(c).swin_config.attention == "dot_product"
 
 
 @pytest.mark.parametrize("name", sorted(ablations.ABLATIONS))

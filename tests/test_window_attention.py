@@ -29,9 +29,18 @@ def _inputs(batch: int, masked: bool, dtype=jnp.float32, seed: int = 0):
     return qkv, bias, mask
 
 
+QKV_BIAS = jnp.linspace(-1.0, 1.0, 3 * HEADS * HEAD_DIM)
+
+
 def _loss(impl, mask):
-    weights = jnp.cos(jnp.arange(HEADS * HEAD_DIM, dtype=jnp.float32))  # Every output feature counts differently.
-    return lambda qkv, bias: (wa.attention(qkv, bias, mask, HEADS, impl).astype(jnp.float32) * weights).sum()
+    """A loss of (qkv, relative bias, qkv projection bias) in which every output feature counts differently."""
+    weights = jnp.cos(jnp.arange(HEADS * HEAD_DIM, dtype=jnp.float32))
+
+    def loss(qkv, bias, qkv_bias=None):
+        out = wa.attention(qkv, bias, mask, HEADS, impl, qkv_bias=qkv_bias)
+        return (out.astype(jnp.float32) * weights).sum()
+
+    return loss
 
 
 @pytest.mark.parametrize("impl", ["dot_product", "pallas"])
@@ -41,9 +50,15 @@ def test_forward_and_gradients_equal_the_reference(impl, masked):
     np.testing.assert_allclose(
         wa.attention(qkv, bias, mask, HEADS, impl), wa.reference(qkv, bias, mask, HEADS), atol=2e-6
     )
-    want = jax.grad(_loss("xla", mask), argnums=(0, 1))(qkv, bias)
-    got = jax.grad(_loss(impl, mask), argnums=(0, 1))(qkv, bias)
-    for g, w in zip(got, want, strict=True):  # d qkv, then d bias (summed over all windows).
+    np.testing.assert_allclose(
+        wa.attention(qkv, bias, mask, HEADS, impl, qkv_bias=QKV_BIAS),
+        wa.reference(qkv + QKV_BIAS, bias, mask, HEADS),
+        atol=2e-6,
+    )
+    want = jax.grad(_loss("xla", mask), argnums=(0, 1, 2))(qkv, bias, QKV_BIAS)
+    got = jax.grad(_loss(impl, mask), argnums=(0, 1, 2))(qkv, bias, QKV_BIAS)
+    # d qkv, d relative bias (summed over all windows), d qkv projection bias (summed over all tokens).
+    for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
 
 
@@ -70,15 +85,16 @@ def test_bfloat16_stays_within_bfloat16_rounding_of_the_float32_result():
 
 
 def test_under_a_sharded_mesh_each_device_attends_its_own_windows_and_bias_gradients_are_summed():
+    """Both bias gradients are partial sums per device; shard_map's transpose must add them up."""
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
     qkv, bias, mask = _inputs(4, masked=True)  # 32 windows: 8 per device over data x fsdp.
-    want = jax.value_and_grad(_loss("xla", mask), argnums=(0, 1))(qkv, bias)
+    want = jax.value_and_grad(_loss("xla", mask), argnums=(0, 1, 2))(qkv, bias, QKV_BIAS)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         assert wa._batch_axes(mesh) == ("data", "fsdp")
         sharded = jax.device_put(qkv, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"))))
-        step = jax.jit(jax.value_and_grad(_loss("pallas", mask), argnums=(0, 1)))
-        text = step.lower(sharded, bias).as_text()
-        got = step(sharded, bias)
+        step = jax.jit(jax.value_and_grad(_loss("pallas", mask), argnums=(0, 1, 2)))
+        text = step.lower(sharded, bias, QKV_BIAS).as_text()
+        got = step(sharded, bias, QKV_BIAS)
     assert "shard_map" in text or "manual" in text  # The kernel ran per device, not on gathered windows.
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     for g, w in zip(got[1], want[1], strict=True):
@@ -89,6 +105,7 @@ def test_blocks_follow_the_mask_period_and_the_score_budget():
     assert wa.block_windows(n=512, nw=16, vol=196) == 8  # 8 x 196^2 float32 scores = 1.2 MB.
     assert wa.block_windows(n=32, nw=1, vol=196) == 8
     assert wa.block_windows(n=32, nw=1, vol=64) == 32
+    assert wa.block_windows(n=32, nw=1, vol=64, width=3 * 768, itemsize=2) == 4  # Stage 4: a wide input.
     assert wa.block_windows(n=24, nw=3, vol=196) == 3  # A block never straddles two runs of masks.
     assert wa.block_windows(n=14, nw=1, vol=196) == 7
 
