@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from avcanet_jax.fusion import FusionConfig, GlobalFusion, LocalFusion
-from avcanet_jax.layers import BF16, FP32, Precision, constrain, linear
+from avcanet_jax.layers import BF16, FP32, Precision, constrain, torch_linear
 from avcanet_jax.resnet import AUDIO_STEM, ResNet, batch_norm
 from avcanet_jax.swin3d import SWIN_SIZES, SwinConfig, SwinTransformer3d
 
@@ -82,7 +82,7 @@ class VisualBranch(nnx.Module):
         p = cfg.precision
         self.backbone = SwinTransformer3d(cfg.swin_config, rngs, p, remat=cfg.remat)
         self.drop = nnx.Dropout(cfg.visual_dropout, rngs=rngs)
-        self.proj = linear(cfg.swin_config.num_features, cfg.dim, ("embed", "embed_out"), rngs, p)
+        self.proj = torch_linear(cfg.swin_config.num_features, cfg.dim, ("embed", "embed_out"), rngs, p)
         self.dtype = p.dtype
 
     def __call__(self, video: jax.Array) -> jax.Array:
@@ -99,7 +99,7 @@ class AudioBranch(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         p = cfg.precision
         self.backbone = ResNet(cfg.resnet_depth, AUDIO_STEM, rngs, p, width=cfg.resnet_width)
-        self.proj = linear(self.backbone.num_features, cfg.dim, ("embed", "embed_out"), rngs, p)
+        self.proj = torch_linear(self.backbone.num_features, cfg.dim, ("embed", "embed_out"), rngs, p)
         self.norm = batch_norm(cfg.dim, rngs, p)
         self.dtype = p.dtype
 
@@ -121,17 +121,23 @@ class Classifier(nnx.Module):
         p, d, n = cfg.precision, cfg.dim, cfg.num_classes
         self.fusion, self.dim = cfg.fusion, d
         if cfg.modalities != "audio_visual":  # One branch: a plain linear head.
-            self.out = linear(d, n, ("embed", None), rngs, p)
+            self.out = torch_linear(d, n, ("embed", None), rngs, p)
         elif cfg.fusion == "concat":
-            self.out = linear(2 * d, n, ("embed", None), rngs, p)
+            self.out = torch_linear(2 * d, n, ("embed", None), rngs, p)
         elif cfg.fusion == "sum":
-            self.fc_a, self.fc_v = linear(d, n, ("embed", None), rngs, p), linear(d, n, ("embed", None), rngs, p)
+            self.fc_a, self.fc_v = (
+                torch_linear(d, n, ("embed", None), rngs, p),
+                torch_linear(d, n, ("embed", None), rngs, p),
+            )
         elif cfg.fusion == "gated":
-            self.fc_a, self.fc_v = linear(d, d, ("embed", "mlp"), rngs, p), linear(d, d, ("embed", "mlp"), rngs, p)
-            self.out = linear(d, n, ("mlp", None), rngs, p)
+            self.fc_a, self.fc_v = (
+                torch_linear(d, d, ("embed", "mlp"), rngs, p),
+                torch_linear(d, d, ("embed", "mlp"), rngs, p),
+            )
+            self.out = torch_linear(d, n, ("mlp", None), rngs, p)
         else:  # film: audio features modulate the visual ones.
-            self.film = linear(d, 2 * d, ("embed", "mlp"), rngs, p)
-            self.out = linear(d, n, ("embed", None), rngs, p)
+            self.film = torch_linear(d, 2 * d, ("embed", "mlp"), rngs, p)
+            self.out = torch_linear(d, n, ("embed", None), rngs, p)
 
     def __call__(self, a: jax.Array | None, v: jax.Array | None) -> dict[str, jax.Array]:
         if a is None or v is None:  # Single-modality ablation.

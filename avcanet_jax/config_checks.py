@@ -74,8 +74,10 @@ def model_config(c, platform: str | None = None) -> ModelConfig:
             resnet_depth=m.resnet_depth, resnet_width=m.resnet_width, dim=m.dim, fusion=m.fusion,
             modalities=m.modalities, use_local=m.use_local, use_global=m.use_global,
             lgf=FusionConfig(
-                dim=m.dim, levels=m.lgf_levels, heads=m.lgf_heads, global_heads=m.lgf_heads, ffn_dim=m.lgf_ffn_dim,
-                dropout=m.lgf_dropout, faithful_level_weights=m.faithful_level_weights,
+                dim=m.dim, levels=m.lgf_levels, heads=m.lgf_heads, global_heads=m.get("lgf_global_heads", m.lgf_heads),
+                ffn_dim=m.lgf_ffn_dim, dropout=m.lgf_dropout, attention_dropout=m.get("lgf_attention_dropout", 0.1),
+                faithful_level_weights=m.faithful_level_weights,
+                faithful_clone_init=m.get("faithful_clone_init", False),
             ),
             visual_dropout=m.visual_dropout, bfloat16=m.bfloat16, remat=m.remat,
         )  # fmt: skip

@@ -18,7 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from avcanet_jax.layers import FP32, Precision, annotated, layer_norm, linear
+from avcanet_jax.layers import (
+    FP32,
+    TORCH_DEFAULT,
+    Precision,
+    annotated,
+    layer_norm,
+    linear,
+    torch_default_bias,
+    torch_linear,
+    uniform_bound,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +43,9 @@ class FusionConfig:
     global_heads: heads of the global cross-attention.
     faithful_level_weights: reproduce the authors' LayerNorm over the size-1 level scores, which makes
       the score-exchange query a constant; False skips that LayerNorm.
+    faithful_clone_init: start as the authors' `clones()` (deep copies of one initialised module) makes
+      their pyramid start: in every attention of the local stage q, k, v and out begin identical, and
+      every feed-forward of the pyramid begins as the same copy. False initialises each independently.
     """
 
     dim: int = 512
@@ -43,6 +56,7 @@ class FusionConfig:
     attention_dropout: float = 0.1
     global_heads: int = 8
     faithful_level_weights: bool = True
+    faithful_clone_init: bool = True
 
 
 def band_mask(length: int, reach: int) -> np.ndarray:
@@ -52,7 +66,12 @@ def band_mask(length: int, reach: int) -> np.ndarray:
 
 
 class MultiHeadAttention(nnx.Module):
-    """Scaled dot-product attention with separate q/k/v/out projections and an optional boolean mask."""
+    """Scaled dot-product attention with separate q/k/v/out projections and an optional boolean mask.
+
+    Initialised as the authors' module it stands for: four `nn.Linear`s (PyTorch's default), or with
+    `torch_mha=True` as `nn.MultiheadAttention` initialises itself (xavier_uniform over its stacked
+    [3D, D] in-projection, zero in- and out-projection biases, out-projection weight as `nn.Linear`).
+    """
 
     def __init__(
         self,
@@ -61,14 +80,19 @@ class MultiHeadAttention(nnx.Module):
         attention_dropout: float,
         rngs: nnx.Rngs,
         precision: Precision = FP32,
+        torch_mha: bool = False,
     ):
         if dim % heads:
             raise ValueError(f"attention dim {dim} is not divisible by heads {heads}")
         self.heads = heads
-        self.q = linear(dim, dim, ("embed", "qkv"), rngs, precision, init=nnx.initializers.lecun_normal())
-        self.k = linear(dim, dim, ("embed", "qkv"), rngs, precision, init=nnx.initializers.lecun_normal())
-        self.v = linear(dim, dim, ("embed", "qkv"), rngs, precision, init=nnx.initializers.lecun_normal())
-        self.out = linear(dim, dim, ("qkv", "embed"), rngs, precision, init=nnx.initializers.lecun_normal())
+        if torch_mha:
+            zeros, stacked = nnx.initializers.zeros, uniform_bound((6.0 / (dim + 3 * dim)) ** 0.5)
+            proj = lambda axes, init: linear(dim, dim, axes, rngs, precision, init=init, bias_init=zeros)  # noqa: E731
+            self.q, self.k, self.v = (proj(("embed", "qkv"), stacked) for _ in range(3))
+            self.out = proj(("qkv", "embed"), TORCH_DEFAULT)
+        else:
+            self.q, self.k, self.v = (torch_linear(dim, dim, ("embed", "qkv"), rngs, precision) for _ in range(3))
+            self.out = torch_linear(dim, dim, ("qkv", "embed"), rngs, precision)
         self.drop = nnx.Dropout(attention_dropout, rngs=rngs)
 
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: np.ndarray | None = None) -> jax.Array:
@@ -86,8 +110,8 @@ class FeedForward(nnx.Module):
     """Linear -> ReLU -> dropout -> Linear (the authors' PositionwiseFeedForward)."""
 
     def __init__(self, dim: int, hidden: int, dropout: float, rngs: nnx.Rngs, precision: Precision = FP32):
-        self.w1 = linear(dim, hidden, ("embed", "mlp"), rngs, precision, init=nnx.initializers.lecun_normal())
-        self.w2 = linear(hidden, dim, ("mlp", "embed"), rngs, precision, init=nnx.initializers.lecun_normal())
+        self.w1 = torch_linear(dim, hidden, ("embed", "mlp"), rngs, precision)
+        self.w2 = torch_linear(hidden, dim, ("mlp", "embed"), rngs, precision)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -135,16 +159,16 @@ class TemporalBlock(nnx.Module):
             (3,),
             kernel_dilation=(dilation,),
             padding=((dilation, dilation),),
-            kernel_init=annotated(nnx.initializers.lecun_normal(), (None, "embed", "embed_out")),
-            bias_init=annotated(nnx.initializers.zeros, ("embed_out",)),
+            kernel_init=annotated(TORCH_DEFAULT, (None, "embed", "embed_out")),  # nn.Conv1d's default.
+            bias_init=annotated(torch_default_bias(3 * dim), ("embed_out",)),
             **kw,
         )
         self.conv2 = nnx.Conv(
             dim,
             dim,
             (1,),
-            kernel_init=annotated(nnx.initializers.lecun_normal(), (None, "embed_out", "embed")),
-            bias_init=annotated(nnx.initializers.zeros, ("embed",)),
+            kernel_init=annotated(TORCH_DEFAULT, (None, "embed_out", "embed")),
+            bias_init=annotated(torch_default_bias(dim), ("embed",)),
             **kw,
         )
 
@@ -160,7 +184,7 @@ class PyramidLevel(nnx.Module):
         self.reach = reach
         args = (cfg.dim, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout, rngs, precision)
         self.v_self, self.a_self, self.cross = TransformerLayer(*args), TransformerLayer(*args), TransformerLayer(*args)
-        gate = lambda: linear(2 * cfg.dim, cfg.dim, ("mlp", "embed"), rngs, precision)  # noqa: E731
+        gate = lambda: torch_linear(2 * cfg.dim, cfg.dim, ("mlp", "embed"), rngs, precision)  # noqa: E731
         self.v_gate_self, self.v_gate_cross, self.a_gate_self, self.a_gate_cross = gate(), gate(), gate(), gate()
         self.v_tcn = TemporalBlock(cfg.dim, reach, rngs, precision)
         self.a_tcn = TemporalBlock(cfg.dim, reach, rngs, precision)
@@ -180,12 +204,27 @@ class LocalFusion(nnx.Module):
 
     def __init__(self, cfg: FusionConfig, rngs: nnx.Rngs, precision: Precision = FP32):
         self.levels = nnx.List([PyramidLevel(cfg, 2**i, rngs, precision) for i in range(cfg.levels)])
-        self.v_score = linear(cfg.dim, 1, ("embed", None), rngs, precision)
-        self.a_score = linear(cfg.dim, 1, ("embed", None), rngs, precision)
+        self.v_score = torch_linear(cfg.dim, 1, ("embed", None), rngs, precision)
+        self.a_score = torch_linear(cfg.dim, 1, ("embed", None), rngs, precision)
         # Size-1 features, 1 head, no dropout: the authors' score-exchange layer.
         self.exchange = TransformerLayer(
             1, 1, 1, 0.0, cfg.attention_dropout, rngs, precision, norm=cfg.faithful_level_weights
         )
+        if cfg.faithful_clone_init:
+            self._clone_init()
+
+    def _clone_init(self):
+        """The authors build q, k, v and out of each attention as deep copies of one initialised Linear, and
+        every feed-forward of the pyramid as a deep copy of one template: so they start equal (and train
+        apart)."""
+        template = None
+        for level in self.levels:
+            for layer in (level.v_self, level.a_self, level.cross):
+                _same_start(layer.attn.q, layer.attn.k, layer.attn.v, layer.attn.out)
+                template = layer.ffn if template is None else template
+                _same_start(template.w1, layer.ffn.w1)
+                _same_start(template.w2, layer.ffn.w2)
+        _same_start(self.exchange.attn.q, self.exchange.attn.k, self.exchange.attn.v, self.exchange.attn.out)
 
     def level_weights(self, v_levels: jax.Array, a_levels: jax.Array) -> tuple[jax.Array, jax.Array]:
         """[B, S, L] weights of the levels per segment, for each modality."""
@@ -206,14 +245,20 @@ class LocalFusion(nnx.Module):
         return jnp.einsum("bsld,bsl->bsd", v_levels, v_w), jnp.einsum("bsld,bsl->bsd", a_levels, a_w)
 
 
+def _same_start(source: nnx.Linear, *targets: nnx.Linear) -> None:
+    for t in targets:
+        t.kernel[...] = source.kernel[...]
+        t.bias[...] = source.bias[...]
+
+
 class GlobalFusion(nnx.Module):
     """Full cross-attention both ways (one attention shared by both directions), a Linear and a residual
     per direction, then the mean over segments: ([B, S, D], [B, S, D]) -> ([B, D], [B, D])."""
 
     def __init__(self, cfg: FusionConfig, rngs: nnx.Rngs, precision: Precision = FP32):
-        self.attn = MultiHeadAttention(cfg.dim, cfg.global_heads, 0.0, rngs, precision)
-        self.linear_a = linear(cfg.dim, cfg.dim, ("embed", "embed_out"), rngs, precision)
-        self.linear_v = linear(cfg.dim, cfg.dim, ("embed", "embed_out"), rngs, precision)
+        self.attn = MultiHeadAttention(cfg.dim, cfg.global_heads, 0.0, rngs, precision, torch_mha=True)
+        self.linear_a = torch_linear(cfg.dim, cfg.dim, ("embed", "embed_out"), rngs, precision)
+        self.linear_v = torch_linear(cfg.dim, cfg.dim, ("embed", "embed_out"), rngs, precision)
 
     def __call__(self, v: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
         a_out = self.linear_a(self.attn(a, v, v)) + a

@@ -15,8 +15,31 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Same initialisers as the PyTorch references use, so models trained from scratch start alike.
+# PyTorch's initialisations, named for what they mirror, so that the modules the authors train from
+# scratch (everything but the Swin and the ResNet body, SPEC §3) start from the same distributions.
+# Flax kernels are [..., fan_in, fan_out] (a convolution's receptive field first), so "fan_in" and
+# "fan_out" below count as PyTorch does: input (output) channels times the kernel's receptive field.
+
+# Swin's Linear layers and relative-position tables: trunc_normal_(std=0.02) (cut at +-2, as timm's).
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02)
+# `nn.Linear` / `nn.ConvNd` by default: kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+TORCH_DEFAULT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# torchvision's ResNet convolutions: kaiming_normal_(mode="fan_out", nonlinearity="relu").
+KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def uniform_bound(bound: float) -> nnx.Initializer:
+    """U(-bound, bound), e.g. PyTorch's default bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_default_bias(fan_in: int) -> nnx.Initializer:
+    """The bias PyTorch's `nn.Linear` / `nn.ConvNd` start with: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return uniform_bound(1.0 / fan_in**0.5)
 
 
 # Logical axis -> mesh axis, first match wins (flax.linen semantics). The trainer's config owns the table
@@ -68,17 +91,25 @@ def linear(
     *,
     bias: bool = True,
     init: nnx.Initializer = TRUNC_NORMAL,
+    bias_init: nnx.Initializer = nnx.initializers.zeros,
 ) -> nnx.Linear:
     return nnx.Linear(
         din,
         dout,
         use_bias=bias,
         kernel_init=annotated(init, axes),
-        bias_init=annotated(nnx.initializers.zeros, axes[1:]),
+        bias_init=annotated(bias_init, axes[1:]),
         dtype=precision.dtype,
         param_dtype=precision.param_dtype,
         rngs=rngs,
     )
+
+
+def torch_linear(
+    din: int, dout: int, axes: tuple[str | None, str | None], rngs: nnx.Rngs, precision: Precision = FP32
+) -> nnx.Linear:
+    """A Linear initialised as PyTorch's `nn.Linear` (weights and bias U(-1/sqrt(din), 1/sqrt(din)))."""
+    return linear(din, dout, axes, rngs, precision, init=TORCH_DEFAULT, bias_init=torch_default_bias(din))
 
 
 def layer_norm(dim: int, rngs: nnx.Rngs, precision: Precision = FP32, axis: str | None = "embed") -> nnx.LayerNorm:

@@ -7,11 +7,13 @@ exists so that parity with torchvision's `resnet34` can be proved on the whole n
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 from flax import nnx
+from flax.nnx.nn import normalization
 
-from avcanet_jax.layers import FP32, Precision, annotated
+from avcanet_jax.layers import FP32, KAIMING_FAN_OUT, Precision, annotated
 
 RESNET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
@@ -38,16 +40,45 @@ def conv(cin: int, cout: int, kernel, stride, padding, rngs: nnx.Rngs, precision
         strides=tuple(stride),
         padding=tuple((p, p) for p in padding),
         use_bias=False,
-        kernel_init=annotated(nnx.initializers.kaiming_normal(), (None, None, None, "conv_out")),
+        kernel_init=annotated(KAIMING_FAN_OUT, (None, None, None, "conv_out")),  # As torchvision's ResNet.
         dtype=precision.dtype,
         param_dtype=precision.param_dtype,
         rngs=rngs,
     )
 
 
-def batch_norm(dim: int, rngs: nnx.Rngs, precision: Precision, zero_init: bool = False) -> nnx.BatchNorm:
-    """BatchNorm with PyTorch's epsilon; momentum 0.9 here is PyTorch's 0.1 (they count the other way)."""
-    return nnx.BatchNorm(
+class TorchBatchNorm(nnx.BatchNorm):
+    """`nnx.BatchNorm` that keeps its running statistics as PyTorch's BatchNorm does.
+
+    Both normalise a training batch with its biased variance, but PyTorch updates the running variance
+    with the unbiased one (times n / (n - 1), n the values per feature); Flax uses the biased one. The
+    audio branch's statistics are taken over B x S chunks of a few time-frequency positions each, so
+    the two drift apart; this matches PyTorch's, which the authors' evaluation used.
+    """
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        running = self.use_running_average if use_running_average is None else use_running_average
+        if running or mask is not None:
+            return super().__call__(x, use_running_average, mask=mask)
+        features = normalization._canonicalize_axes(x.ndim, self.axis)
+        reduction = tuple(i for i in range(x.ndim) if i not in features)
+        x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
+        mean, var = normalization._compute_stats(
+            x, reduction, dtype=self.dtype, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
+            use_fast_variance=self.use_fast_variance,
+        )  # fmt: skip
+        n = math.prod(x.shape[i] for i in reduction)
+        m = self.momentum
+        self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean.astype(self.mean.dtype))
+        unbiased = var * (n / max(n - 1, 1))
+        self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased.astype(self.var.dtype))
+        return normalization._normalize(x, mean, var, scale, bias, reduction, features, self.dtype, self.epsilon)
+
+
+def batch_norm(dim: int, rngs: nnx.Rngs, precision: Precision, zero_init: bool = False) -> TorchBatchNorm:
+    """PyTorch's BatchNorm: epsilon 1e-5, weight 1 and bias 0, momentum 0.1 (0.9 here: Flax counts the other
+    way), running variance updated with the unbiased batch variance."""
+    return TorchBatchNorm(
         dim,
         momentum=0.9,
         epsilon=1e-5,

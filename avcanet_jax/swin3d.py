@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,18 @@ import numpy as np
 from flax import nnx
 
 from avcanet_jax import window_attention
-from avcanet_jax.layers import FP32, TRUNC_NORMAL, DropPath, Mlp, Precision, annotated, layer_norm, linear
+from avcanet_jax.layers import (
+    FP32,
+    TORCH_DEFAULT,
+    TRUNC_NORMAL,
+    DropPath,
+    Mlp,
+    Precision,
+    annotated,
+    layer_norm,
+    linear,
+    torch_default_bias,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,8 +240,9 @@ class PatchEmbed3d(nnx.Module):
             cfg.patch_size,
             strides=cfg.patch_size,
             padding="VALID",
-            kernel_init=annotated(nnx.initializers.lecun_normal(), (None, None, None, None, "embed")),
-            bias_init=annotated(nnx.initializers.zeros, ("embed",)),
+            # torchvision leaves this Conv3d at PyTorch's default (its trunc_normal loop only touches Linears).
+            kernel_init=annotated(TORCH_DEFAULT, (None, None, None, None, "embed")),
+            bias_init=annotated(torch_default_bias(cfg.in_channels * math.prod(cfg.patch_size)), ("embed",)),
             dtype=precision.dtype,
             param_dtype=precision.param_dtype,
             rngs=rngs,

@@ -35,11 +35,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.use_local = True
     c.model.use_global = True
     c.model.lgf_levels = 4
-    c.model.lgf_heads = 8  # Local and global attention heads.
+    c.model.lgf_heads = 8  # Local (pyramid) attention heads.
+    c.model.lgf_global_heads = 8  # Heads of the global cross-attention.
     c.model.lgf_ffn_dim = 512
     c.model.lgf_dropout = 0.5  # The authors' residual and feed-forward dropout in LGF.
+    c.model.lgf_attention_dropout = 0.1  # On the local stage's attention probabilities.
     c.model.visual_dropout = 0.5  # On pooled Swin features.
     c.model.faithful_level_weights = True
+    c.model.faithful_clone_init = True  # The pyramid's q/k/v/out and feed-forwards start equal, as the authors'.
     c.model.bfloat16 = False
     c.model.remat = False
     # Window attention: "auto" (the Pallas kernel on TPUs, "xla" elsewhere), "xla" (the reference),

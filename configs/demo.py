@@ -20,6 +20,7 @@ def get_config():
     c.model.dim = 32
     c.model.lgf_levels = 2
     c.model.lgf_heads = 4
+    c.model.lgf_global_heads = 4
     c.model.lgf_ffn_dim = 64
     # The authors' 0.5 dropout suits 512-wide features and 28k videos; at width 32 on 210 clips it
     # kept the demo at chance level for 300 steps.

@@ -37,8 +37,8 @@ def test_model_is_created_sharded_with_the_same_values():
     fc1 = model.visual.backbone.stages[0][0].mlp.fc1.kernel[...]  # [16, 64]: (embed, mlp)
     assert fc1.sharding.spec == P("fsdp", "tensor")
     assert len(fc1.addressable_shards) == 8 and fc1.addressable_shards[0].data.shape == (8, 32)
-    reference = AVCANet(TINY, nnx.Rngs(0))
-    for a, b in zip(
-        jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(reference, nnx.Param)), strict=True
-    ):
+    # The same initialisation compiled unsharded (eager, op by op, can differ in the last bit: a jitted
+    # normal draw times its scale may fuse into one multiply-add).
+    reference = jax.jit(lambda: nnx.state(AVCANet(TINY, nnx.Rngs(0)), nnx.Param))()
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
