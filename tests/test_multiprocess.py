@@ -57,6 +57,9 @@ def _run_job(cmd: list[str], processes: int, devices_per_process: int, timeout: 
     return outputs
 
 
+RTOL = 2e-3  # Losses of the same run on other meshes and process counts (see the first use).
+
+
 def _read_json(*parts):
     with open(os.path.join(*parts), encoding="utf-8") as fh:
         return json.load(fh)
@@ -99,7 +102,10 @@ def test_preempted_run_resumed_by_two_processes_then_by_one_ends_like_an_uninter
     assert "step 2/6" in err0 and "step 2/6" not in err1 and "test: accuracy" not in err1  # no progress logged.
     history_b = _read_json(workdir, "train_history.json")
     assert [h["step"] for h in history_b] == [2, 3, 4, 5, 6]
-    np.testing.assert_allclose([h["loss"] for h in history_b], [history_a[s] for s in range(2, 7)], rtol=1e-5)
+    # The meshes differ, so reductions run in another order; from the authors' initialisation (PyTorch's
+    # uniform starts, cloned q/k/v/out) Adam grows those rounding differences to ~1e-4 within 6 steps. A
+    # wrong batch or a lost step moves the loss by far more (consecutive steps differ by 10-30%).
+    np.testing.assert_allclose([h["loss"] for h in history_b], [history_a[s] for s in range(2, 7)], rtol=RTOL)
     test_b = _read_json(workdir, "eval", "test_metrics.json")
     for key in ("accuracy", "uar", "weighted_f1", "polarity_accuracy", "audio_only_accuracy", "confusion_counts"):
         assert test_b[key] == result_a[key], key
@@ -123,7 +129,7 @@ def test_preempted_run_resumed_by_two_processes_then_by_one_ends_like_an_uninter
     result_c = train.train_and_evaluate(tiny_train_config(tiny_dataset), workdir_c)
     history_c = _read_json(workdir_c, "train_history.json")
     assert [h["step"] for h in history_c] == [4, 5, 6]
-    np.testing.assert_allclose([h["loss"] for h in history_c], [history_a[s] for s in (4, 5, 6)], rtol=1e-5)
+    np.testing.assert_allclose([h["loss"] for h in history_c], [history_a[s] for s in (4, 5, 6)], rtol=RTOL)
     for key in ("accuracy", "uar", "confusion_counts"):
         assert result_c[key] == result_a[key], key
 
