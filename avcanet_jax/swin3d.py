@@ -169,10 +169,10 @@ class WindowAttention3d(nnx.Module):
         windows = _partition(x, window)  # [B*nW, V, C]
         mask = jnp.asarray(shift_mask(tuple(padded), window, shift)) if any(shift) else None  # [nW, V, V]
         # The qkv projection without its bias, which the attention adds (the Pallas kernel adds it on chip).
-        x, kernel, qkv_bias = nnx.nn.dtypes.promote_dtype(
+        tokens, kernel, qkv_bias = nnx.nn.dtypes.promote_dtype(
             (windows, self.qkv.kernel[...], self.qkv.bias[...]), dtype=self.dtype
         )
-        qkv = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        qkv = jax.lax.dot_general(tokens, kernel, (((tokens.ndim - 1,), (0,)), ((), ())))
         dropout = self.attn_drop if self.impl == "xla" else None
         out = window_attention.attention(
             qkv, self._relative_bias(window), mask, self.num_heads, self.impl, dropout, qkv_bias
