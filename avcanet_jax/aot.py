@@ -77,11 +77,13 @@ def compile_train_step(c, devices) -> tuple[jax.stages.Compiled, jax.sharding.Me
 
 def model_flops(c) -> float:
     """FLOPs of one train step over all devices as the model defines them: the config's step with the
-    reference window attention, lowered (not compiled) for one CPU device. A kernel's cost estimate
-    counts the work it makes the chip do, padding and recomputation included; MFU-style bounds must not."""
+    reference window attention and no rematerialisation, lowered (not compiled) for one CPU device. A
+    kernel's cost estimate counts the work it makes the chip do, padding included, and remat recomputes
+    the forward pass: both are cost, not model FLOPs."""
     c = c.copy_and_resolve_references()
     with c.unlocked():
         c.model.attention = "xla"
+        c.model.remat = False
         c.mesh.axes = {axis: 1 for axis in c.mesh.axes}
     lowered, _ = lower_train_step(c, jax.devices("cpu")[:1])
     cost = lowered.cost_analysis()
