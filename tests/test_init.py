@@ -16,6 +16,7 @@ from avcanet_jax import config_checks
 from avcanet_jax.avcanet import AVCANet, ModelConfig
 from avcanet_jax.fusion import FusionConfig
 from avcanet_jax.resnet import batch_norm
+from avcanet_jax.swin3d import SwinConfig
 from configs import base
 
 FIXTURE = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "init_stats.json")))
@@ -23,8 +24,10 @@ FIXTURE = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "in
 
 @pytest.fixture(scope="module")
 def model():
-    """The paper's model (Swin-T, ResNet-34, D = 512), freshly initialised."""
-    return AVCANet(ModelConfig(), nnx.Rngs(params=0, dropout=1))
+    """The paper's widths (Swin-T's 96 to 768 channels, ResNet width 64, D = 512), freshly initialised,
+    with fewer blocks than the paper's so that it builds in seconds."""
+    cfg = ModelConfig(swin=SwinConfig(depths=(1, 1, 1, 1)), resnet_depth=18, lgf=FusionConfig(levels=2))
+    return AVCANet(cfg, nnx.Rngs(params=0, dropout=1))
 
 
 # fixture entry -> (our module's parameters, distribution of the weight)
