@@ -127,12 +127,11 @@ def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
 
     qkv, do = _with_bias(qkv_ref, qkv_bias_ref), do_ref[...]
     d = do.shape[-1] // heads
-    grads, dbias = [[], [], []], []
+    grads, dbias, acc = [[], [], []], [], _acc(qkv.dtype)
     for h in range(heads):
         q, k, v = _heads(qkv, heads, h)
         p = _probabilities(q, k, bias_ref, mask_ref, h, scale)
         do_h = do[:, :, h * d : (h + 1) * d]
-        acc = _acc(qkv.dtype)
         dp = jnp.einsum("bqd,bkd->bqk", do_h, v, preferred_element_type=acc).astype(jnp.float32)
         ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True))  # Softmax's backward; scores never left VMEM.
         grads[0].append(jnp.einsum("bqk,bkd->bqd", ds.astype(k.dtype), k, preferred_element_type=acc) * scale)
@@ -170,16 +169,24 @@ def _specs(n, vol, c3, heads, nw, wb, masked):
     return specs
 
 
-def _cost(n, vol, c3, heads, matmuls: int, qkv_bytes: int, other_bytes: int) -> pl.CostEstimate:
+def _blocks(qkv, mask) -> tuple[int, int, int, int, int]:
+    """(windows n, tokens V, width 3C, mask period nW, windows per grid step) of one call."""
+    n, vol, c3 = qkv.shape
+    nw = mask.shape[0] if mask is not None else 1
+    return n, vol, c3, nw, block_windows(n, nw, vol, c3, qkv.dtype.itemsize)
+
+
+def _cost(n, vol, c3, heads, matmuls: int, io_bytes: int, masked: bool) -> pl.CostEstimate:
     """What the kernel makes the chip do: its `matmuls` [V, V] x [V, d] products per window and head with
     every dimension padded to the matrix unit (a head_dim of 32 fills a quarter of a 128-wide MXU, so
-    this is about 5x the model's FLOPs), one exp per score, and the HBM bytes it reads and writes."""
+    this is about 5x the model's FLOPs), one exp per score, and the HBM bytes it reads and writes: the
+    blocks and biases (`io_bytes`) and, when masked, each window's float32 mask."""
     d = c3 // 3 // heads
     padded = lambda x: -(-x // MXU) * MXU  # noqa: E731
     per_product = 2 * vol * padded(vol) * padded(d)
     return pl.CostEstimate(
         flops=matmuls * n * heads * per_product, transcendentals=n * heads * vol * vol,
-        bytes_accessed=qkv_bytes + other_bytes,
+        bytes_accessed=io_bytes + (n * vol * vol * 4 if masked else 0),
     )  # fmt: skip
 
 
@@ -189,11 +196,8 @@ def _pallas(qkv, qkv_bias, bias, mask, heads: int, interpret: bool | None):
 
 
 def _pallas_forward(qkv, qkv_bias, bias, mask, heads, interpret):
-    n, vol, c3 = qkv.shape
-    masked = mask is not None
-    nw = mask.shape[0] if masked else 1
-    wb = block_windows(n, nw, vol, c3, qkv.dtype.itemsize)
-    itemsize = qkv.dtype.itemsize
+    n, vol, c3, nw, wb = _blocks(qkv, mask)
+    masked, itemsize = mask is not None, qkv.dtype.itemsize
     args = (qkv, qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ())
     call = lambda interpret: pl.pallas_call(  # noqa: E731
         functools.partial(_forward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
@@ -203,8 +207,7 @@ def _pallas_forward(qkv, qkv_bias, bias, mask, heads, interpret):
         out_shape=jax.ShapeDtypeStruct((n, vol, c3 // 3), qkv.dtype),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",), vmem_limit_bytes=VMEM_LIMIT),
         cost_estimate=_cost(
-            n, vol, c3, heads, 2, n * vol * (c3 + c3 // 3) * itemsize,
-            bias.size * bias.dtype.itemsize + (n // wb) * (mask.size // nw * wb * 4 if masked else 0),
+            n, vol, c3, heads, 2, n * vol * (c3 + c3 // 3) * itemsize + bias.size * bias.dtype.itemsize, masked,
         ),
         interpret=interpret,
     )(*args)  # fmt: skip
@@ -226,11 +229,8 @@ def _pallas_fwd(qkv, qkv_bias, bias, mask, heads, interpret):
 
 def _pallas_bwd(heads, interpret, residuals, do):
     qkv, qkv_bias, bias, mask = residuals
-    n, vol, c3 = qkv.shape
-    masked = mask is not None
-    nw = mask.shape[0] if masked else 1
-    wb = block_windows(n, nw, vol, c3, qkv.dtype.itemsize)
-    itemsize = qkv.dtype.itemsize
+    n, vol, c3, nw, wb = _blocks(qkv, mask)
+    masked, itemsize = mask is not None, qkv.dtype.itemsize
     args = (qkv, qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ()) + (do,)
     call = lambda interpret: pl.pallas_call(  # noqa: E731
         functools.partial(_backward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
@@ -249,8 +249,8 @@ def _pallas_bwd(heads, interpret, residuals, do):
         # The bias gradients are summed over the grid in resident blocks, so the steps run in order.
         compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",), vmem_limit_bytes=VMEM_LIMIT),
         cost_estimate=_cost(
-            n, vol, c3, heads, 5, n * vol * (2 * c3 + c3 // 3) * itemsize,
-            bias.size * (bias.dtype.itemsize + 4) + (n // wb) * (mask.size // nw * wb * 4 if masked else 0),
+            n, vol, c3, heads, 5, n * vol * (2 * c3 + c3 // 3) * itemsize + bias.size * (bias.dtype.itemsize + 4),
+            masked,
         ),
         interpret=interpret,
     )(*args)  # fmt: skip
