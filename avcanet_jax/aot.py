@@ -21,14 +21,17 @@ import math
 import os
 import sys
 
-# Compiling ahead of time never runs on a chip, so another process's hold on libtpu must not stop it.
+# Compiling ahead of time never runs on a chip, so another process's hold on libtpu must not stop it,
+# and there are no TPU workers for libtpu to look up (without these it prints a page of warnings).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("TPU_WORKER_ID", "0")
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from avcanet_jax import config_checks, datasets, input_pipeline, sharding, step_profile, train_step
+from avcanet_jax import cli, config_checks, datasets, input_pipeline, sharding, step_profile, train_step
 from avcanet_jax.layers import DEFAULT_RULES
 
 GIB = 2**30
@@ -185,12 +188,32 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["config", "topology"])
 
 
+def _chips_in(topology: str) -> int | None:
+    """Devices of a topology name such as "v5e:4x4" (one per chip; v4 and v5p chips are compiled as
+    megacores), or None for a name this does not parse."""
+    dims = topology.partition(":")[2].split("x")
+    return math.prod(int(d) for d in dims) if all(d.isdigit() for d in dims) else None
+
+
+def _check_tpu_compiler() -> None:
+    """Without libtpu, JAX cannot describe a TPU topology ("Unable to initialize backend 'tpu'")."""
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is None:
+        raise cli.UserError('compiling for TPUs needs libtpu: pip install -e ".[tpu]"')
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
+    _check_tpu_compiler()
+    config = cli.config_value(flags.FLAGS["config"])
+    chips = _chips_in(f.topology)
+    if chips:  # A broken config fails before libtpu starts; the compile checks it again, per host.
+        config_checks.validate(config, chips, 1)
     memory = int(f.chip_memory_gib * GIB) if f.chip_memory_gib else None
-    result = report(f.config, f.topology, memory, f.profile_top if f.profile else 0, f.hlo_out)
+    result = report(config, f.topology, memory, f.profile_top if f.profile else 0, f.hlo_out)
     logging.info(
         "%s (%d x %s), mesh %s: %.2f GiB per chip of %.0f GiB; %.3g FLOPs per step; roofline %.1f ms per step,"
         " %.0f clips/s", result["topology"], result["chips"], result["device_kind"], result["mesh"],
@@ -218,4 +241,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

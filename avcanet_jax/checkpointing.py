@@ -20,12 +20,25 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from avcanet_jax.cli import UserError
+
 # Orbax splits each replicated array among its replicas so that every host writes a part ("replica
 # parallel"). Each split is a slice that JAX compiles once per shape and sharding: for the demo's ~1,000
 # small arrays that is 440 compilations and 12 s on the first save of every process, to write kilobytes.
 # Arrays whose per-replica part is under this size are written whole by one replica instead; the large
 # arrays of the paper's model keep the parallel save.
 MIN_REPLICA_SLICE_BYTES = 256 * 1024
+
+
+class NoCheckpointError(UserError, FileNotFoundError):
+    """The workdir given has no checkpoint to evaluate or predict with."""
+
+
+def require_checkpoints(workdir: str) -> None:
+    """For readers (`--mode=eval`, `predict`): a workdir without checkpoints is a user error, found before
+    the managers would create their directories in it."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise NoCheckpointError(f"{workdir} holds no checkpoints (is it a training workdir?)")
 
 
 @functools.cache
@@ -42,7 +55,7 @@ class Checkpoints:
         self.latest = ocp.CheckpointManager(
             os.path.join(root, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("state", "data"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
         )
         self.best = ocp.CheckpointManager(
             os.path.join(root, "best"),
@@ -53,7 +66,7 @@ class Checkpoints:
                 keep_checkpoints_without_metrics=False,
                 create=True,
             ),  # fmt: skip
-            item_names=("state",),
+            item_handlers={"state": ocp.StandardCheckpointHandler()},
         )
 
     def latest_step(self) -> int | None:
@@ -73,9 +86,8 @@ class Checkpoints:
     def restore(self, abstract_state: Any, step: int | None = None):
         """The state at `step` (default: latest), laid out as `abstract_state`."""
         step = self.latest.latest_step() if step is None else step
-        return self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
-            "state"
-        ]
+        restored = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        return typed_keys(restored["state"], abstract_state)
 
     def data_position(self, step: int) -> dict | None:
         """The data position saved with `step`, or None when that checkpoint has none."""
@@ -84,22 +96,31 @@ class Checkpoints:
         return self.latest.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
 
     def restore_best(self, abstract_state: Any):
+        """(step, state) of the best checkpoint, or (None, None) when there is none."""
         step = self.best.best_step()
-        if step is None:
-            return None, None
-        return step, self.best.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
-            "state"
-        ]
+        return (None, None) if step is None else (step, self.restore_chosen(abstract_state, step, best=True))
 
-    def restore_best_or_latest(self, abstract_state: Any, prefer_best: bool = True):
-        """(step, state): the best state when there is one (and `prefer_best`), else the latest."""
-        step, state = self.restore_best(abstract_state) if prefer_best else (None, None)
-        if state is None:
-            step = self.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"{self.latest.directory} holds no checkpoint")
-            state = self.restore(abstract_state, step=step)
-        return step, state
+    def chosen(self, prefer_best: bool = True) -> tuple[int, bool]:
+        """(step, is_best) of the state an evaluation uses: the best when there is one (and `prefer_best`),
+        else the latest. Raises NoCheckpointError for a workdir without checkpoints."""
+        best = self.best.best_step() if prefer_best else None
+        if best is not None:
+            return best, True
+        step = self.latest_step()
+        if step is None:
+            raise NoCheckpointError(f"{os.path.dirname(self.latest.directory)} holds no checkpoint; train first")
+        return step, False
+
+    def restore_chosen(self, abstract_state: Any, step: int, best: bool):
+        """The state `chosen` named, laid out as `abstract_state`."""
+        if not best:
+            return self.restore(abstract_state, step=step)
+        restored = self.best.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        return typed_keys(restored["state"], abstract_state)
+
+    def saved_state(self, step: int, best: bool = False):
+        """The metadata tree (shapes, dtypes) of the state saved at `step`, read without restoring it."""
+        return (self.best if best else self.latest).item_metadata(step)["state"]
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -108,6 +129,18 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def typed_keys(restored: Any, abstract_state: Any) -> Any:
+    """Orbax saves a typed PRNG key (Flax's dropout streams) as its raw uint32 data and restores it so;
+    wrapped again, a restored state has the types of a fresh one, and runs the same compiled steps."""
+
+    def wrap(value, target):
+        if jax.dtypes.issubdtype(target.dtype, jax.dtypes.prng_key) and value.dtype != target.dtype:
+            return jax.random.wrap_key_data(value)
+        return value
+
+    return jax.tree.map(wrap, restored, abstract_state)
 
 
 def abstract(state: Any) -> Any:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import jax
 
 from avcanet_jax.avcanet import ModelConfig
+from avcanet_jax.cli import UserError
 from avcanet_jax.clip_sampling import ClipSpec
 from avcanet_jax.fusion import FusionConfig
 from avcanet_jax.input_pipeline import PipelineConfig
@@ -24,8 +25,8 @@ KNOWN_DATASETS = ("emotions", "video_emotion8", "ekman6")
 BATCH_AXES = ("data", "fsdp")  # Mesh axes the batch is split over (see layers.DEFAULT_RULES).
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message starts with the field's name."""
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work; the message names the field."""
 
 
 def _swin(value, attention: str) -> SwinConfig:

@@ -38,6 +38,20 @@ def check_num_classes(num_classes: int, dataset: str, card_: Card) -> None:
         raise ConfigError(f"config.model.num_classes ({num_classes}) != {len(card_.class_names)} classes in {dataset}")
 
 
+def check_splits(dataset: str, info_: Info, needed) -> None:
+    """Every split a run will read exists, checked before anything compiles (a small build can leave a
+    split empty, and TFDS then writes none)."""
+    from avcanet_jax.config_checks import ConfigError
+
+    missing = [s for s in needed if s not in info_.splits]
+    if missing:
+        hint = " or set config.select_on_validation=False to test the last state" if missing == ["validation"] else ""
+        raise ConfigError(
+            f"config.data.dataset: {dataset} has no {' or '.join(missing)} split (it has {sorted(info_.splits)}; "
+            f"its build_report.json says why under 'empty_splits'); rebuild it from more videos{hint}"
+        )
+
+
 def card(dataset: str) -> Card:
     """The card of a registered builder config ("emotions/full", "video_emotion8/split03", ...)."""
     import tensorflow_datasets as tfds
@@ -50,7 +64,9 @@ def card(dataset: str) -> Card:
     configs = {bc.name: bc for bc in cls.BUILDER_CONFIGS}
     bc = configs.get(config or cls.DEFAULT_CONFIG_NAME)
     if bc is None:
-        raise ValueError(f"config.data.dataset: {dataset!r} has no config {config!r}; known: {sorted(configs)}")
+        from avcanet_jax.config_checks import ConfigError
+
+        raise ConfigError(f"config.data.dataset: {dataset!r} has no config {config!r}; known: {sorted(configs)}")
     classes = tuple(cls.CLASSES)
     return Card(classes, tuple(class_polarities(classes, cls.POLARITY)), bc.media_options)
 
@@ -61,6 +77,7 @@ def info(dataset: str, data_dir: str | None) -> Info:
 
     from avcanet_jax.config_checks import ConfigError
 
+    c = card(dataset)  # First: names the config field when the dataset or its config is unknown.
     builder = tfds.builder(dataset, data_dir=data_dir)
     name, _, config = dataset.partition("/")
     if not builder.is_prepared():
@@ -70,7 +87,6 @@ def info(dataset: str, data_dir: str | None) -> Info:
             "(and set config.data.data_dir to the same place)"
         )
     names = tuple(builder.info.features["label"].names)
-    c = card(dataset)
     if names != c.class_names:
         raise ConfigError(
             f"config.data.dataset: {dataset} was built with classes {names}, the code has {c.class_names}"

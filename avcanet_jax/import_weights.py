@@ -20,6 +20,7 @@ from flax import nnx
 
 from avcanet_jax import pretrained
 from avcanet_jax.avcanet import AVCANet, ModelConfig
+from avcanet_jax.cli import UserError
 
 _SAVED = nnx.Any(nnx.Param, nnx.BatchStat)  # What a pretrained checkpoint holds (no RNG or optimizer state).
 
@@ -29,11 +30,11 @@ def import_into(model: AVCANet, swin: str | None = None, resnet: str | None = No
     loaded = {}
     if swin:
         if model.visual is None:
-            raise ValueError("--swin given, but the model has no visual branch (model.modalities='audio')")
+            raise UserError("--swin given, but the model has no visual branch (model.modalities='audio')")
         loaded["visual"] = pretrained.load_swin3d(model.visual.backbone, pretrained.load_state_dict(swin), swin_layout)
     if resnet:
         if model.audio is None:
-            raise ValueError("--resnet given, but the model has no audio branch (model.modalities='visual')")
+            raise UserError("--resnet given, but the model has no audio branch (model.modalities='visual')")
         loaded["audio"] = pretrained.load_resnet(model.audio.backbone, pretrained.load_state_dict(resnet))
     return loaded
 
@@ -65,7 +66,7 @@ def restore(model: nnx.Module, out_dir: str) -> None:
 def main(argv=None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="avcanet_jax.import_weights", description=__doc__.split("\n")[0])
     parser.add_argument("--swin", help="Video Swin / 2D Swin checkpoint")
     parser.add_argument("--swin_layout", choices=["torchvision", "mmaction", "swin2d"], default=None)
     parser.add_argument("--resnet", help="torchvision ResNet checkpoint")
@@ -77,9 +78,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not (args.swin or args.resnet):
         parser.error("give --swin and/or --resnet")
+    for flag, path in (("--swin", args.swin), ("--resnet", args.resnet)):
+        if path and not os.path.isfile(path):
+            parser.exit(2, f"{parser.prog}: error: {flag}={path}: no such file\n")
     cfg = ModelConfig(num_classes=args.num_classes, swin=args.swin_size, resnet_depth=args.resnet_depth)
     model = AVCANet(cfg, nnx.Rngs(args.seed))
-    loaded = import_into(model, args.swin, args.resnet, args.swin_layout)
+    try:
+        loaded = import_into(model, args.swin, args.resnet, args.swin_layout)
+    except (UserError, pretrained.CheckpointMismatch, ImportError) as e:  # Wrong file or missing torch.
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     manifest = {
         "model": {"swin": args.swin_size, "resnet_depth": args.resnet_depth, "num_classes": args.num_classes},
         "sources": {"visual": args.swin, "audio": args.resnet},

@@ -17,7 +17,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from avcanet_jax import runtime
+from avcanet_jax import cli, runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and TensorBoard files go here.")
@@ -32,10 +32,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    c = cli.config_value(_CONFIG)
     runtime.start(_DISTRIBUTED.value)
     from avcanet_jax import train
 
-    c = _CONFIG.value
     runtime.ensure_data(c.data.dataset, c.data.data_dir)
     if _MODE.value == "train":
         result = train.train_and_evaluate(c, _WORKDIR.value)
@@ -57,4 +57,4 @@ def _summary(result: dict, mode: str) -> dict:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,15 +18,16 @@ import sys
 from collections.abc import Iterable, Iterator
 
 import jax
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from avcanet_jax import config_checks, datasets, runtime, train_step
+from avcanet_jax import cli, config_checks, datasets, runtime, train_step
+from avcanet_jax import workdir as wdir
 from avcanet_jax.avcanet import AVCANet
-from avcanet_jax.checkpointing import Checkpoints
+from avcanet_jax.checkpointing import Checkpoints, require_checkpoints
 from avcanet_jax.clip_sampling import ClipSpec, make_audio, make_video
+from tfds_emotions.classes import POLARITIES
 
 
 @dataclasses.dataclass
@@ -70,9 +71,9 @@ class Predictor:
     def describe(self, path: str, probs: dict[str, np.ndarray], i: int, has_audio: bool) -> dict:
         p = probs["logits"][i]
         best = int(p.argmax())
-        by_polarity: dict[str, float] = {}
+        by_polarity = dict.fromkeys(POLARITIES, 0.0)  # The dataset's order: positive, neutral, negative.
         for name, prob in zip(self.class_polarity, p, strict=True):
-            by_polarity[name] = by_polarity.get(name, 0.0) + float(prob)
+            by_polarity[name] += float(prob)
         out = {
             "path": path,
             "emotion": self.class_names[best],
@@ -90,11 +91,12 @@ class Predictor:
 
 def load(workdir: str, checkpoint: str = "best") -> Predictor:
     """The model of a training workdir, restored on one device."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-    with open(path, encoding="utf-8") as fh:
-        c = ml_collections.ConfigDict(json.load(fh))
+    if not os.path.isdir(workdir):
+        raise cli.UserError(f"--workdir={workdir}: no such directory")
+    c = wdir.saved_config(workdir)
+    if c is None:
+        raise cli.UserError(f"--workdir={workdir} is not a training workdir (no config.json)")
+    require_checkpoints(workdir)
     model_cfg = config_checks.model_config(c)
     card = datasets.card(c.data.dataset)
     tx = train_step.make_optimizer(c, 1)  # Only its state's structure matters here.
@@ -104,7 +106,7 @@ def load(workdir: str, checkpoint: str = "best") -> Predictor:
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     ckpt = Checkpoints(workdir)
     try:
-        step, state = ckpt.restore_best_or_latest(target, prefer_best=checkpoint == "best")
+        step, state = wdir.restore_for_evaluation(workdir, c, ckpt, target, prefer_best=checkpoint == "best")
     finally:
         ckpt.close()
     model, _ = nnx.merge(graphdef, state)
@@ -164,4 +166,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

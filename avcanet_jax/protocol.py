@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from avcanet_jax import evaluation, runtime
+from avcanet_jax import cli, evaluation, runtime
 
 METRICS = ("accuracy", "uar", "weighted_f1", "polarity_accuracy", "audio_only_accuracy", "visual_only_accuracy")
 
@@ -69,7 +69,7 @@ def run_protocol(c, workdir: str, only: Sequence[str] | None = None) -> dict:
     planned = runs(c)
     unknown = sorted(set(only or ()) - {name for name, _, _ in planned})
     if unknown:
-        raise ValueError(f"--only: unknown runs {unknown}; this config has {[n for n, _, _ in planned]}")
+        raise cli.UserError(f"--only: unknown runs {unknown}; this config has {[n for n, _, _ in planned]}")
     results = []
     for name, dataset, seed in planned:
         run_dir = os.path.join(workdir, name)
@@ -110,12 +110,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
+    config = cli.config_value(f["config"])
     runtime.start(f.distributed)
-    summary = run_protocol(f.config, f.workdir, f.only)
+    summary = run_protocol(config, f.workdir, f.only)
     if jax.process_index() == 0:
         print(markdown(summary) if "runs" in summary else json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main)

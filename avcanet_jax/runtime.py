@@ -3,6 +3,7 @@ quieter library logging, and the demo data made on first use."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging as std_logging
 import os
 
@@ -35,10 +36,42 @@ class _QuietLibraries:
         return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
+def _tpu_chips() -> int:
+    """TPU chips on this machine's PCI bus (JAX's own check); on an unknown JAX, assume there may be some."""
+    try:
+        from jax._src import hardware_utils
+
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0]
+    except (ImportError, AttributeError, OSError):
+        return 1
+
+
+def leave_out_absent_tpus() -> None:
+    """On a machine without TPU chips, keeps JAX from initialising libtpu (installed by the `tpu` and
+    `test` extras). Initialising it fails there anyway, after printing a page of warnings, and takes
+    libtpu's machine-wide lock (`/tmp/libtpu_lockfile`), which stops an ahead-of-time TPU compile
+    (`avcanet_jax.aot`) that another process starts. Must run before JAX picks its backends; an explicit
+    `JAX_PLATFORMS` (or `JAX_FORCE_TPU_INIT`) is left as the user set it."""
+    if jax.config.jax_platforms or "JAX_FORCE_TPU_INIT" in os.environ:
+        return
+    if importlib.util.find_spec("libtpu") is None or _tpu_chips():
+        return
+    gpu_plugins = ("jax_cuda13_plugin", "jax_cuda12_plugin", "jax_rocm7_plugin", "jax_rocm60_plugin")
+    gpus = [name for name in gpu_plugins if importlib.util.find_spec(name) is not None]
+    platform = "cuda" if any("cuda" in g for g in gpus) else "rocm" if gpus else None
+    jax.config.update("jax_platforms", f"{platform},cpu" if platform and _gpu_visible(platform) else "cpu")
+
+
+def _gpu_visible(platform: str) -> bool:
+    return os.path.exists("/dev/nvidiactl") if platform == "cuda" else os.path.exists("/dev/kfd")
+
+
 def start(distributed: str = "auto") -> None:
-    """Call first in a program: logging filter, then `jax.distributed.initialize()` when wanted
-    ("on"), or when the environment shows several processes ("auto")."""
+    """Call first in a program: logging filter, no libtpu where there are no TPUs, then
+    `jax.distributed.initialize()` when wanted ("on"), or when the environment shows several processes
+    ("auto")."""
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    leave_out_absent_tpus()
     if distributed == "on" or (distributed == "auto" and several_processes()):
         kwargs = {}
         if "JAX_NUM_PROCESSES" in os.environ:  # A hand-made cluster: JAX_COORDINATOR_ADDRESS=host:port too.

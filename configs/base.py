@@ -75,5 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
     c.log_every_steps = 50
+    # The tested state is the best on validation (by UAR); False: no validation split needed, the last
+    # state is tested (for datasets without one; a choice the user makes explicitly).
+    c.select_on_validation = True
     c.max_steps = 0  # > 0: save and stop after this many steps in this run (a scheduled preemption).
     return c

@@ -19,12 +19,13 @@ while (($#)); do
     --gpus=*) GPUS="${1#*=}" ;;
     --install) INSTALL=1 ;;
     --dry-run) DRY_RUN=1 ;;
-    -h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) print_help; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
 done
+check_extra "config workdir gpus install"
 export DRY_RUN
 [[ -n "$WORKDIR" ]] || die "--workdir is required"
 [[ -f "$CONFIG" || "$CONFIG" == *.py:* ]] || die "--config: no such file '$CONFIG'"
@@ -37,3 +38,4 @@ fi
 ENV=(env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9)  # Leave room for cuDNN workspaces.
 [[ -n "$GPUS" ]] && ENV+=(CUDA_VISIBLE_DEVICES="$GPUS")
 run "${ENV[@]}" .venv/bin/python -m avcanet_jax.main --distributed=off --config="$CONFIG" --workdir="$WORKDIR" "${EXTRA[@]}"
+end_dry_run

@@ -23,12 +23,13 @@ while (($#)); do
     --time=*) TIME="${1#*=}" ;;
     --account=*) ACCOUNT="${1#*=}" ;;
     --dry-run) DRY_RUN=1 ;;
-    -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) print_help; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
 done
+check_extra "nodes gpus-per-node workdir config partition time account"
 export DRY_RUN
 [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$NODES'"
 [[ "$GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node must be a positive integer, got '$GPUS_PER_NODE'"
@@ -65,3 +66,4 @@ else
   echo "$SCRIPT" > "$JOB"
 fi
 run sbatch "$JOB"
+end_dry_run

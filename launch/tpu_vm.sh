@@ -16,7 +16,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  print_help
   echo
   echo "Options: --name --zone --accelerator --version --project --spot | --queued --repo --ref"
   echo "         --config --workdir --results (gs:// copy of the workdir, default: none) --dry-run"
@@ -50,6 +50,7 @@ while (($#)); do
   esac
   shift
 done
+check_extra "name zone accelerator version project spot queued repo ref config workdir results"
 export DRY_RUN
 
 case "$ACTION" in
@@ -141,7 +142,8 @@ case "$ACTION" in
     create
     setup
     train
-    echo "training started on every worker; follow it with: $0 logs --name=$NAME --zone=$ZONE" >&2
+    [[ "$DRY_RUN" == 1 ]] || echo "training started on every worker; follow it with: $0 logs --name=$NAME --zone=$ZONE" >&2
     ;;
   *) "$ACTION" ;;
 esac
+end_dry_run

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM at -O0 halves XLA's CPU compile times (the suite is mostly compilation); results are unchanged,
+# as XLA's CPU code is compiled without fast-math at any level.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests compile the same steps in several runs (a run, its stopped twin, the resumed twin): a per-session
 # persistent compilation cache turns the repeats into cache hits.
@@ -47,6 +50,7 @@ def tiny_train_config(data_dir: str, **overrides):
     c.log_every_steps = 1
     c.checkpoint_every_steps = 1000
     c.mesh.axes = {"data": 4, "fsdp": 2, "tensor": 1}
+    c.select_on_validation = False  # The tiny build has no validation split.
     for k, v in overrides.items():
         setattr(c, k, v)
     return c
@@ -58,6 +62,7 @@ def tiny_train_flags(data_dir: str) -> list[str]:
         "--config=configs/demo.py", f"--config.data.data_dir={data_dir}", "--config.data.dataset=emotions/full",
         "--config.batch_size=8", "--config.num_epochs=2", "--config.log_every_steps=1",
         "--config.checkpoint_every_steps=1000", "--config.mesh.axes.data=4", "--config.mesh.axes.fsdp=2",
+        "--config.select_on_validation=False",
     ]  # fmt: skip
 
 
@@ -68,3 +73,23 @@ def trained(tiny_dataset, tmp_path_factory) -> tuple[str, dict]:
 
     workdir = str(tmp_path_factory.mktemp("trained"))
     return workdir, train.train_and_evaluate(tiny_train_config(tiny_dataset), workdir)
+
+
+# Modules whose tests read the session's `trained` run (about a minute and a half to make).
+TRAINED_MODULES = ("test_multiprocess.py", "test_predict.py", "test_train.py", "test_workdir.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # Also runs without xdist (`-p no:xdist`).
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist (`-n 2`, set in pyproject.toml): one work unit per test module, so that module
+    fixtures are made once, and the modules that read the `trained` run share one worker (and the run);
+    the largest unit starts first. (xdist's own `--dist loadgroup` marks do not take effect under
+    pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "trained" if os.path.basename(module) in TRAINED_MODULES else module
+
+    return ByModule(config, log)

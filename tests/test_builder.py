@@ -15,6 +15,7 @@ import pytest
 import simplejpeg
 import tensorflow_datasets as tfds
 
+from avcanet_jax.cli import UserError
 from tfds_emotions import build
 from tfds_emotions.classes import EMOTIONS_CLASSES
 
@@ -54,8 +55,9 @@ def messy_tree(tmp_path_factory) -> str:
         fh.write(simplejpeg.encode_jpeg(np.zeros((8, 8, 3), np.uint8)))
     mf.write_video(os.path.join(root, "Joy", "unknown.mp4"))  # Not an eMotions class.
     mf.write_video(os.path.join(root, "Sad", "v0.mov"), codec="mpeg4")  # "Sad" = Sadness: duplicates Sadness/v0.
-    with open(os.path.join(root, "README.txt"), "w") as fh:
+    with open(os.path.join(root, "README.txt"), "w") as fh:  # A stray file at the top: listed as not used.
         fh.write("notes")
+    mf.write_video(os.path.join(root, "stray.mp4"))  # A video outside any class folder.
     return root
 
 
@@ -68,7 +70,11 @@ def messy_build(messy_tree, tmp_path_factory):
 def test_bad_inputs_are_counted_not_fatal(messy_build):
     builder, _ = messy_build
     report = _report(builder)
-    assert report["not_used"]["counts"] == {"duplicate_id": 1, "not_a_video": 1, "unknown_class": 1}
+    assert report["not_used"]["counts"] == {
+        "duplicate_id": 1, "not_a_video": 2, "not_in_a_class_folder": 1, "unknown_class": 1
+    }  # fmt: skip
+    not_used = {s["key"]: s["reason"] for s in report["not_used"]["items"]}
+    assert not_used["README.txt"] == "not_a_video" and not_used["stray.mp4"] == "not_in_a_class_folder"
     dup = [s for s in report["not_used"]["items"] if s["reason"] == "duplicate_id"][0]
     assert dup["key"] == "Sadness/v0" and "Sad/v0.mov" in dup["detail"]
     skipped = {s["key"]: s["reason"] for r in report["splits"].values() for s in r["skipped"]}
@@ -251,9 +257,13 @@ def test_parquet_shards(tmp_path):
     _assert_same_dataset(builder, build.build("full", str(tmp_path / "beam"), str(root), beam_pipeline_options=""))
 
 
-def test_missing_manual_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(Exception, match="manual"):
-        build.build("full", str(tmp_path / "data"), str(tmp_path / "nowhere"), num_workers=1)
+def test_missing_manual_dir_is_a_clear_error_that_leaves_nothing_behind(tmp_path):
+    data = tmp_path / "data"
+    with pytest.raises(UserError, match="--manual_dir=.*nowhere: no such directory; emotions/full is built from"):
+        build.build("full", str(data), str(tmp_path / "nowhere"), num_workers=1)
+    with pytest.raises(UserError, match="--manual_dir is required"):
+        build.build("full", str(data), None, num_workers=1)
+    assert not data.exists() or not any(data.iterdir())  # No downloads/ or .config/ left in the data dir.
 
 
 def test_empty_manual_dir_is_a_clear_error(tmp_path):

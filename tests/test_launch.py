@@ -113,3 +113,30 @@ def test_gpu_node_uses_the_chosen_gpus_in_one_process():
         "env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 CUDA_VISIBLE_DEVICES=0\\,1 .venv/bin/python -m avcanet_jax.main "
         "--distributed=off --config=configs/base.py --workdir=runs/x",
     ]
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("tpu_vm.sh", ["all", "--name=avc", "--zone=z", "--accelerator=v4-32", "--repo=r", "--workdir=gs://b/w"]),
+        ("gpu_node.sh", ["--workdir=w"]),
+        ("slurm.sh", ["--nodes=2", "--gpus-per-node=8", "--workdir=/shared/w"]),
+    ],
+)
+def test_dry_run_after_the_separator_is_honoured_and_said_and_launcher_flags_there_are_refused(script, args):
+    proc = _run(script, *args, "--", "--dry-run", "--config.seed=3")
+    assert proc.returncode == 0, proc.stderr
+    assert "--dry-run after '--' taken as this launcher's" in proc.stderr
+    assert "dry run: the commands above were printed, nothing was run" in proc.stderr
+    assert "training started" not in proc.stderr
+    assert "--config.seed=3" in proc.stdout and "dry-run" not in proc.stdout  # Not passed on to the trainer.
+    refused = _run(script, *args, "--dry-run", "--", "--workdir=elsewhere")
+    assert refused.returncode == 2 and "--workdir after '--' would go to the trainer" in refused.stderr
+    assert refused.stdout == ""
+
+
+@pytest.mark.parametrize("script", ["tpu_vm.sh", "gpu_node.sh", "slurm.sh"])
+def test_help_is_the_usage_only(script):
+    proc = _run(script, "--help")
+    assert proc.returncode == 0 and "launch/" in proc.stdout
+    assert "set -euo" not in proc.stdout and "source" not in proc.stdout and "shellcheck" not in proc.stdout

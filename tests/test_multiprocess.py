@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import tiny_train_config, tiny_train_flags
+from conftest import TEST_XLA_FLAGS, tiny_train_config, tiny_train_flags
 
 from avcanet_jax import train
 
@@ -39,7 +39,7 @@ def _run_job(cmd: list[str], processes: int, devices_per_process: int, timeout: 
     for i in range(processes):
         env = {
             **os.environ,
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process} {TEST_XLA_FLAGS}",
             "JAX_PLATFORMS": "cpu",
             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
             "JAX_NUM_PROCESSES": str(processes),
@@ -100,12 +100,15 @@ def test_preempted_run_resumed_by_two_processes_then_by_one_ends_like_an_uninter
     result_b = json.loads(out0.strip().splitlines()[-1])
     assert "{" not in out1  # No result printed by process 1,
     assert "step 2/6" in err0 and "step 2/6" not in err1 and "test: accuracy" not in err1  # no progress logged.
+    assert "compiling the train step..." in err0 and "compiled the train step in" in err0
     history_b = _read_json(workdir, "train_history.json")
-    assert [h["step"] for h in history_b] == [2, 3, 4, 5, 6]
+    assert [h["step"] for h in history_b] == [1, 2, 3, 4, 5, 6]  # The first run's step, then the resumed run's.
+    starts = [json.loads(line) for line in open(os.path.join(workdir, "config_history.jsonl"))]
+    assert [s["start_step"] for s in starts] == [0, 1] and starts[1]["config"]["mesh"]["axes"]["fsdp"] == 8
     # The meshes differ, so reductions run in another order; from the authors' initialisation (PyTorch's
     # uniform starts, cloned q/k/v/out) Adam grows those rounding differences to ~1e-4 within 6 steps. A
     # wrong batch or a lost step moves the loss by far more (consecutive steps differ by 10-30%).
-    np.testing.assert_allclose([h["loss"] for h in history_b], [history_a[s] for s in range(2, 7)], rtol=RTOL)
+    np.testing.assert_allclose([h["loss"] for h in history_b], [history_a[s] for s in range(1, 7)], rtol=RTOL)
     test_b = _read_json(workdir, "eval", "test_metrics.json")
     for key in ("accuracy", "uar", "weighted_f1", "polarity_accuracy", "audio_only_accuracy", "confusion_counts"):
         assert test_b[key] == result_a[key], key
@@ -120,7 +123,7 @@ def test_preempted_run_resumed_by_two_processes_then_by_one_ends_like_an_uninter
     events = [f for f in outside if f.startswith("tensorboard/")]
     assert len(set(events) - before) == 1  # The job's; a second writer would have left a second event file.
     assert outside - set(events) == {
-        "config.json", "train_history.json", "eval/test_metrics.json", "eval/test_confusion.png"
+        "config.json", "config_history.jsonl", "train_history.json", "eval/test_metrics.json", "eval/test_confusion.png"
     }  # fmt: skip
 
     # One process resumes the two-process checkpoint of step 3 and ends like the others.

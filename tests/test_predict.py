@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -54,5 +55,21 @@ def test_command_reports_a_corrupt_file_and_still_predicts_the_others(trained, t
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["path"] for r in rows] == [good, str(corrupt), missing]
     assert rows[0]["emotion"] in EMOTIONS_CLASSES and "error" not in rows[0]
-    assert rows[1]["error"].startswith("MediaError: unreadable")
+    assert list(rows[0]["polarity_probabilities"]) == ["positive", "neutral", "negative"]  # The dataset's order.
+    assert (
+        rows[1]["error"].startswith("MediaError: unreadable: not a video FFmpeg can read (")
+        and "Errno" not in rows[1]["error"]
+    )
     assert "FileNotFoundError" in rows[2]["error"] or "No such file" in rows[2]["error"]
+
+
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
+    for args, message in (
+        ([f"--workdir={tmp_path / 'none'}", "a.mp4"], "no such directory"),
+        ([f"--workdir={tmp_path}", "a.mp4"], "not a training workdir (no config.json)"),
+        ([f"--workdir={tmp_path}"], "give one or more video files"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "avcanet_jax.predict", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and not re.match(r"[IWEF]\d{4} ", line)]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr

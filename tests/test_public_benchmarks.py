@@ -119,7 +119,7 @@ def test_benchmark_configs_match_their_builders():
 def test_protocol_trains_every_split_and_reports_mean_and_std(ve8_data, tmp_path):
     from conftest import tiny_train_config
 
-    c = tiny_train_config(ve8_data, num_epochs=1)
+    c = tiny_train_config(ve8_data, num_epochs=1, select_on_validation=True)
     c.model.num_classes = 8
     c.model.use_local = c.model.use_global = False  # Keeps the compile short; the protocol is what is tested.
     c.protocol_datasets = ("video_emotion8/split01", "video_emotion8/split02")

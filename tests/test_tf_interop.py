@@ -1,4 +1,5 @@
-"""TFDS interop: the build needs no TensorFlow, and a tfrecord build loads with `tfds.load`."""
+"""TFDS interop: the build needs no TensorFlow, a tfrecord build loads with `tfds.load`, and one data dir
+built as array_record,tfrecord serves both `tfds.data_source` and `tfds.load` with the same examples."""
 
 from __future__ import annotations
 
@@ -51,3 +52,22 @@ def test_tfrecord_build_loads_with_tfds_load(raw, tmp_path):
         assert ex["audio"].shape[-1] == 32
         n += 1
     assert n == builder.info.splits["train"].num_examples > 0
+
+
+def test_one_build_serves_data_source_and_tfds_load(raw, tmp_path):
+    pytest.importorskip("tensorflow")  # Writing the TFRecord copy uses TensorFlow's writer.
+    import tensorflow_datasets as tfds
+
+    from tfds_emotions import build
+
+    builder = build.build("full", str(tmp_path), raw, num_workers=1)  # The default: ArrayRecord only.
+    with pytest.raises(NotImplementedError, match="not implemented for ArrayRecord"):
+        tfds.load("emotions/full", split="train", data_dir=str(tmp_path))
+    build.build("full", str(tmp_path), raw, file_format="array_record,tfrecord")  # Adds the copy, no rebuild.
+    for split in builder.info.splits:
+        source = tfds.data_source("emotions/full", split=split, data_dir=str(tmp_path))
+        random_access = {ex["video_id"]: ex["frames"] for ex in (source[i] for i in range(len(source)))}
+        loaded = {ex["video_id"]: list(ex["frames"]) for ex in tfds.as_numpy(
+            tfds.load("emotions/full", split=split, data_dir=str(tmp_path), shuffle_files=False)
+        )}  # fmt: skip
+        assert loaded == random_access and len(loaded) == len(source)

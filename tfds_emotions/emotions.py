@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfds_emotions import media, sources, splits, synthetic
+from tfds_emotions import file_formats, media, sources, splits, synthetic
 from tfds_emotions.classes import EMOTIONS_CLASSES, EMOTIONS_POLARITY, POLARITIES, polarity_index
 from tfds_emotions.parallel import ordered_map
 
@@ -187,6 +187,11 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
         self._beam = False
         super().__init__(**kwargs)
 
+    def _as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+        """`tfds.load` on an ArrayRecord build reads its TFRecord copy (see `file_formats`)."""
+        read_config = file_formats.tf_data_read_config(self.info, read_config or tfds.ReadConfig())
+        return super()._as_dataset(split, decoders=decoders, read_config=read_config, shuffle_files=shuffle_files)
+
     def _info(self) -> tfds.core.DatasetInfo:
         opts = self.builder_config.media_options
         return self.dataset_info_from_configs(
@@ -270,6 +275,10 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
             "splits": {},
         }
         logging.info("%s: %d videos found, %d not used", cfg.name, len(items), len(skips) + len(more))
+        empty = _empty_splits(by_split, items, lists, dict(cfg.fractions), cfg.validation_fraction_of_train)
+        for name, why in empty.items():
+            logging.warning("%s: the %s split is empty: %s; it is not written", cfg.name, name, why)
+        self._report["empty_splits"] = empty
         if self._beam:
             from tfds_emotions import beam_build
 
@@ -312,6 +321,29 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
         path = epath.Path(self.data_path) / "build_report.json"  # epath: data_dir may be a bucket.
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self._report, indent=1, sort_keys=True))
+
+
+def _empty_splits(
+    by_split: dict[str, list], items: Sequence[sources.Item], lists, fractions: dict, validation_fraction: float
+) -> dict[str, str]:
+    """{split: why it came out empty}. TFDS writes no file for an empty split, so without this a small
+    source silently builds a dataset without validation or test, found out only when a run needs it."""
+    per_class = collections.Counter(it.key.split("/", 1)[0] for it in items)
+    sizes = f"{min(per_class.values())}-{max(per_class.values())}" if per_class else "0"
+    out = {}
+    for name, its in by_split.items():
+        if its:
+            continue
+        if lists is not None and name == "test":
+            out[name] = f"the split files ({lists.source}) name no test video that was found"
+        else:
+            share = validation_fraction if lists is not None and name == "validation" else fractions.get(name, 0)
+            base = "of each class's train-list videos" if lists is not None else "of each class"
+            out[name] = (
+                f"its share ({share:g} {base}) rounds to 0 videos in every class ({sizes} videos per class "
+                "were found); add videos"
+            )
+    return out
 
 
 def _summarise(skips: Sequence[sources.Skip]) -> dict[str, Any]:

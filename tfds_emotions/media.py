@@ -34,6 +34,12 @@ class MediaError(Exception):
         self.detail = detail
 
 
+def _unreadable(e: Exception) -> MediaError:
+    """FFmpeg's refusal in words, without its errno (`[Errno 1094995529] Invalid data found ...: 'path'`)."""
+    why = getattr(e, "strerror", None) or str(e)
+    return MediaError("unreadable", f"not a video FFmpeg can read ({why})")
+
+
 @dataclasses.dataclass(frozen=True)
 class MediaOptions:
     """How a video is turned into stored fields. Part of a BuilderConfig, so part of the dataset version.
@@ -176,7 +182,7 @@ def _decode_pass(source, opts: MediaOptions, threads: int, keep: set[int] | None
     try:
         container = av.open(source, metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise MediaError("unreadable", str(e)) from e
+        raise _unreadable(e) from e
     warnings = {"bad_video_packets": 0, "bad_audio_packets": 0}
     with container:
         if not container.streams.video:
@@ -251,7 +257,7 @@ def decode_video(source: str | os.PathLike | bytes | BinaryIO, opts: MediaOption
         with av.open(source, metadata_errors="ignore") as probe:
             expected = probe.streams.video[0].frames if probe.streams.video else 0
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise MediaError("unreadable", str(e)) from e
+        raise _unreadable(e) from e
     keep = set(select_frames(expected, opts.max_frames).tolist()) if expected > opts.max_frames else None
     result = _decode_pass(source, opts, threads, keep)
     if keep is not None and result["count"] != expected:

@@ -18,6 +18,8 @@ from tfds_emotions.classes import canonical_class
 
 # Files that describe a dataset rather than being part of it; never reported as "not a video".
 _METADATA_EXTENSIONS = (".txt", ".json", ".csv", ".xlsx", ".xls", ".md", ".parquet", ".py")
+# Files at the root that belong to split files (UCF101-style lists and classInd.txt, ActivityNet JSON).
+_SPLIT_FILE = re.compile(r"(?i)^((train|test)list\d+|classind)\.txt$|\.json$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +66,17 @@ def discover_videos(root: str, classes: Sequence[str]) -> tuple[list[Item], list
     for path in _walk_files(root):
         rel = os.path.relpath(path, root)
         ext = os.path.splitext(path)[1].lower()
+        at_root = os.path.dirname(rel) == ""
         if ext in _METADATA_EXTENSIONS:
+            if at_root and not _SPLIT_FILE.match(os.path.basename(path)):  # Nothing reads it: say so.
+                skips.append(Skip(rel, "not_a_video", f"extension {ext}, not a split file"))
             continue
         parent = os.path.basename(os.path.dirname(path))
         if ext not in media.VIDEO_EXTENSIONS:
             skips.append(Skip(rel, "not_a_video", f"extension {ext or '(none)'}"))
+            continue
+        if at_root:
+            skips.append(Skip(rel, "not_in_a_class_folder", "videos go in <root>/<Class>/"))
             continue
         label = canonical_class(parent, tuple(classes))
         if label is None:
