@@ -54,18 +54,23 @@ def loop_pad(indices: np.ndarray, size: int) -> np.ndarray:
     return np.resize(indices, size)
 
 
-def tsn_indices(num_frames: int, spec: ClipSpec, rng: np.random.Generator | None) -> np.ndarray:
+def tsn_indices(
+    num_frames: int, spec: ClipSpec, rng: np.random.Generator | None, view: int = 0, views: int = 1
+) -> np.ndarray:
     """[S, F] stored-frame indices: random snippet start per segment with `rng`, segment centres without.
 
     The index list is loop-padded to S*F, cut into S equal segments (floor length; the tail that does
     not fill a segment is dropped, as in the authors' code), and F consecutive indices are taken from
     each. Training draws the start uniformly from [0, max(0, L - F - 1)] (the authors' range, which never
-    starts at the last possible offset); evaluation starts at L // 2 - F // 2.
+    starts at the last possible offset); evaluation starts at L // 2 - F // 2, or, for temporal view
+    `view` of `views` > 1, at the centre of the view's share of the possible starts [0, L - F].
     """
     s, f = spec.num_segments, spec.frames_per_segment
     padded = loop_pad(np.arange(num_frames), s * f)
     seg_len = len(padded) // s
-    if rng is None:
+    if rng is None and views > 1:
+        begins = np.full(s, max(0, (seg_len - f) * (2 * view + 1) // (2 * views)))
+    elif rng is None:
         begins = np.full(s, max(0, seg_len // 2 - f // 2))
     else:
         begins = rng.integers(0, max(0, seg_len - f - 1) + 1, size=s)
@@ -82,6 +87,34 @@ def square_crop_box(height: int, width: int, position: str) -> tuple[int, int, i
     top = {"center": (height - side) // 2, "top_left": 0, "top_right": 0}.get(position, height - side)
     left = {"center": (width - side) // 2, "top_left": 0, "bottom_left": 0}.get(position, width - side)
     return top, left, side
+
+
+def view_crop_box(height: int, width: int, view: int, views: int) -> tuple[int, int, int]:
+    """(top, left, side) of spatial view `view` of `views`: 1 is the centre crop; 3 are square crops at
+    the start, centre and end of the long side, which together cover a portrait (or landscape) frame."""
+    if views == 1:
+        return square_crop_box(height, width, "center")
+    side = min(height, width)
+    along = (max(height, width) - side) * view // (views - 1)
+    return (along, 0, side) if height > width else (0, along, side)
+
+
+def make_eval_views(jpegs: Sequence[bytes], spec: ClipSpec, temporal_views: int = 1, spatial_views: int = 1):
+    """uint8 [temporal_views * spatial_views, S, F, crop, crop, 3]: the evaluation clip of every view
+    (temporal-major), each distinct frame decoded once. One view (1 x 1) is `make_video(..., rng=None)`."""
+    idx = np.stack([tsn_indices(len(jpegs), spec, None, t, temporal_views) for t in range(temporal_views)])
+    decoded = decode_frames(jpegs, idx)
+    first = next(iter(decoded.values()))
+    shape = (spec.num_segments, spec.frames_per_segment, spec.crop_size, spec.crop_size, 3)
+    crops = []  # Per spatial view: every decoded frame cropped and resized once.
+    for v in range(spatial_views):
+        top, left, side = view_crop_box(first.shape[0], first.shape[1], v, spatial_views)
+        crops.append(
+            {i: _resize(img[top : top + side, left : left + side], spec.crop_size) for i, img in decoded.items()}
+        )
+    clips = [np.stack([crops[v][int(i)] for i in idx[t].reshape(-1)]).reshape(shape)
+             for t in range(temporal_views) for v in range(spatial_views)]  # fmt: skip
+    return np.ascontiguousarray(np.stack(clips))
 
 
 def decode_frames(jpegs: Sequence[bytes], wanted: np.ndarray) -> dict[int, np.ndarray]:

@@ -99,10 +99,16 @@ def clip_spec(c) -> ClipSpec:
         raise ConfigError(f"config.data.audio_frames / config.data.num_segments: {e}") from e
 
 
+def eval_views(c) -> tuple[int, int]:
+    """(temporal, spatial) evaluation views; configs saved before `eval` existed mean (1, 1)."""
+    views = c.get("eval", None)
+    return (views.temporal_views, views.spatial_views) if views is not None else (1, 1)
+
+
 def pipeline_config(c) -> PipelineConfig:
     return PipelineConfig(
         dataset=c.data.dataset, data_dir=c.data.data_dir, clip=clip_spec(c), global_batch_size=c.batch_size,
-        seed=c.seed, num_workers=c.data.num_workers,
+        seed=c.seed, num_workers=c.data.num_workers, eval_views=eval_views(c),
     )  # fmt: skip
 
 
@@ -134,6 +140,13 @@ def validate(c, num_devices: int | None = None, num_processes: int | None = None
         raise ConfigError(f"config.loss must be 'ep_ce' or 'ce', got {c.loss!r}")
     if len(c.ep_ce_lambdas) != 3:
         raise ConfigError(f"config.ep_ce_lambdas needs 3 values (positive, neutral, negative), got {c.ep_ce_lambdas}")
+    temporal, spatial = eval_views(c)
+    if not isinstance(temporal, int) or temporal < 1:
+        raise ConfigError(f"config.eval.temporal_views must be a positive integer, got {temporal!r}")
+    if spatial not in (1, 3):
+        raise ConfigError(
+            f"config.eval.spatial_views must be 1 (centre crop) or 3 (start, centre, end), got {spatial!r}"
+        )
     clip_spec(c)
     model_config(c)
     return mesh

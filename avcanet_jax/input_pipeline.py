@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from avcanet_jax.clip_sampling import ClipSpec, make_audio, make_video
+from avcanet_jax.clip_sampling import ClipSpec, make_audio, make_eval_views, make_video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,8 @@ class PipelineConfig:
         GIL, so threads scale on their own; Grain's default (16 threads, 500 elements buffered) holds
         gigabytes of clips and was 5x slower here.
       read_buffer: examples read ahead per process.
+      eval_views: (temporal, spatial) evaluation views per video; (1, 1) is the paper's one centred clip,
+        more give `video` a view axis: [views, S, F, crop, crop, 3] per example (`make_eval_views`).
     """
 
     dataset: str = "emotions/full"
@@ -57,6 +59,7 @@ class PipelineConfig:
     prefetch_buffer: int = 2
     read_threads: int = 2
     read_buffer: int = 8
+    eval_views: tuple[int, int] = (1, 1)
 
 
 def data_source(cfg: PipelineConfig, split: str):
@@ -68,8 +71,13 @@ def data_source(cfg: PipelineConfig, split: str):
     return tfds.data_source(cfg.dataset, split=split, data_dir=cfg.data_dir)
 
 
-def _clip_fields(example: Mapping[str, Any], spec: ClipSpec, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-    video, _ = make_video(example["frames"], spec, rng)
+def _clip_fields(
+    example: Mapping[str, Any], spec: ClipSpec, rng: np.random.Generator | None, views: tuple[int, int] = (1, 1)
+) -> dict[str, np.ndarray]:
+    if tuple(views) == (1, 1):
+        video, _ = make_video(example["frames"], spec, rng)
+    else:
+        video = make_eval_views(example["frames"], spec, *views)
     return {
         "video": video,
         "audio": make_audio(example["audio"], spec),
@@ -90,14 +98,31 @@ class TrainTransform(grain.transforms.RandomMap):
 
 
 class EvalTransform(grain.transforms.Map):
-    """Deterministic clips (segment centres, centre crop) of (example, index, valid) triples."""
+    """Deterministic clips (segment centres, centre crop; or every view) of (example, index, valid) triples."""
 
-    def __init__(self, spec: ClipSpec):
-        self.spec = spec
+    def __init__(self, spec: ClipSpec, views: tuple[int, int] = (1, 1)):
+        self.spec, self.views = spec, tuple(views)
 
     def map(self, element):
         example, index, valid = element
-        return {**_clip_fields(example, self.spec, None), "index": np.int32(index), "mask": np.bool_(valid)}
+        fields = _clip_fields(example, self.spec, None, self.views)
+        return {**fields, "index": np.int32(index), "mask": np.bool_(valid), "video_id": id_bytes(example["video_id"])}
+
+
+VIDEO_ID_BYTES = 256  # eMotions ids ("Class/<video id>") are far shorter; a longer one is refused.
+
+
+def id_bytes(video_id: bytes | str) -> np.ndarray:
+    """A video id as a fixed-size uint8 array, so that evaluation can gather it across processes with the
+    predictions (arrays only); `id_text` reverses it."""
+    raw = video_id.encode() if isinstance(video_id, str) else bytes(video_id)
+    if len(raw) > VIDEO_ID_BYTES:
+        raise ValueError(f"video id longer than {VIDEO_ID_BYTES} bytes: {raw[:80]!r}...")
+    return np.frombuffer(raw.ljust(VIDEO_ID_BYTES, b"\0"), np.uint8)
+
+
+def id_text(row: np.ndarray) -> str:
+    return bytes(np.asarray(row, np.uint8)).rstrip(b"\0").decode()
 
 
 class _Padded:
@@ -180,7 +205,7 @@ def eval_dataset(
     index, count, local = _process_share(cfg, process_index, process_count)
     per_process = math.ceil(len(source) / count)
     length = math.ceil(per_process / local) * local
-    ds = grain.MapDataset.source(_Padded(source, index, count, length)).map(EvalTransform(cfg.clip))
+    ds = grain.MapDataset.source(_Padded(source, index, count, length)).map(EvalTransform(cfg.clip, cfg.eval_views))
     return _prefetch(ds.batch(local, drop_remainder=True), cfg)
 
 

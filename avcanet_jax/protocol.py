@@ -41,24 +41,35 @@ def runs(c) -> list[tuple[str, str, int]]:
 
 
 def summarise(results: Sequence[dict]) -> dict:
-    """Mean and sample standard deviation (ddof=1; 0 for a single run) of each metric over the runs."""
-    summary = {"num_runs": len(results), "runs": list(results), "mean": {}, "std": {}}
+    """Mean and sample standard deviation (ddof=1; 0 for a single run) of each metric over the runs, and
+    the 95% interval of the mean (Student's t over the runs; none for a single run)."""
+    from scipy import stats
+
+    summary = {"num_runs": len(results), "runs": list(results), "mean": {}, "std": {}, "mean_interval": {}}
     for key in METRICS:
         values = np.asarray([r[key] for r in results if key in r], np.float64)
         if len(values) == len(results) and len(values):
-            summary["mean"][key] = float(values.mean())
-            summary["std"][key] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            mean, std = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            summary["mean"][key], summary["std"][key] = mean, std
+            if len(values) > 1:
+                half = float(stats.t.ppf(0.975, len(values) - 1)) * std / np.sqrt(len(values))
+                summary["mean_interval"][key] = [mean - half, mean + half]
     return summary
 
 
 def markdown(summary: dict) -> str:
-    """The summary as a Markdown table, in percent: one row per run, then mean +- std."""
+    """The summary as a Markdown table, in percent: one row per run, then mean +- std and the interval."""
     keys = [k for k in METRICS if k in summary["mean"]]
     lines = ["| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for r in summary["runs"]:
         lines.append(f"| {r['run']} | " + " | ".join(f"{100 * r[k]:.2f}" for k in keys) + " |")
     cells = " | ".join(f"{100 * summary['mean'][k]:.2f} ± {100 * summary['std'][k]:.2f}" for k in keys)
     lines.append(f"| mean ± std ({summary['num_runs']} runs) | {cells} |")
+    if summary.get("mean_interval"):
+        cells = " | ".join(
+            f"{100 * lo:.2f} to {100 * hi:.2f}" for lo, hi in (summary["mean_interval"][k] for k in keys)
+        )
+        lines.append(f"| 95% interval of the mean | {cells} |")
     return "\n".join(lines) + "\n"
 
 

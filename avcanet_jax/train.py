@@ -119,7 +119,8 @@ def _evaluate(run: Run, state, split: str) -> dict:
 def _headline(split: str, m: dict) -> str:
     heads = (("audio-only", "audio_only_accuracy"), ("visual-only", "visual_only_accuracy"))
     unimodal = "".join(f" {name} {m[key]:.3f}" for name, key in heads if key in m)
-    return f"{split}: accuracy {m['accuracy']:.3f} UAR {m['uar']:.3f} weighted F1 {m['weighted_f1']:.3f}{unimodal}"
+    figures = " ".join(evaluation.with_interval(m, key, name) for key, name in evaluation.HEADLINE)
+    return f"{split}: {figures}{unimodal}"
 
 
 def train_and_evaluate(c, workdir: str) -> dict:

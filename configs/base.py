@@ -71,6 +71,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.axes = {"data": -1, "fsdp": 1, "tensor": 1}
 
+    # Evaluation views per video, softmax probabilities averaged (SPEC §6, Video Swin's multi-view testing):
+    # temporal = snippet offsets spread inside each TSN segment; spatial 3 = square crops at the start,
+    # centre and end of the long side. 1 x 1 is the paper's protocol (one centred clip).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.temporal_views = 1
+    c.eval.spatial_views = 1
+
     c.init_from = ml_collections.config_dict.placeholder(str)  # Output of avcanet_jax.import_weights.
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3

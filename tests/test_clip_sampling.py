@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from avcanet_jax.clip_sampling import ClipSpec, make_audio, make_video, square_crop_box, tsn_indices
+from avcanet_jax.clip_sampling import (
+    ClipSpec,
+    make_audio,
+    make_eval_views,
+    make_video,
+    square_crop_box,
+    tsn_indices,
+)
 
 SPEC = ClipSpec()
 
@@ -120,3 +127,19 @@ def test_audio_is_tiled_cut_and_chunked():
 def test_bad_clip_spec_names_the_field():
     with pytest.raises(ValueError, match="audio_frames"):
         ClipSpec(audio_frames=100)
+
+
+@pytest.mark.parametrize("height, width", [(199, 112), (112, 199)])
+def test_one_eval_view_is_the_eval_clip_and_views_cover_time_and_the_long_side(height, width):
+    frames = _numbered_frames(100, height=height, width=width)
+    clip, info = make_video(frames, SPEC, None)
+    np.testing.assert_array_equal(make_eval_views(frames, SPEC, 1, 1)[0], clip)
+    views = make_eval_views(frames, SPEC, 2, 3)  # Temporal-major: [t0 start, t0 centre, t0 end, t1 ...].
+    assert views.shape == (6, 16, 8, 112, 112, 3)
+    np.testing.assert_array_equal(views[1], make_eval_views(frames, SPEC, 2, 1)[0])  # Centre crop of time 0.
+    # The start crop holds the top-left marker; the centre and end crops do not.
+    assert views[0][:, :, :16, :16].mean() > 250 and views[1][:, :, :16, :16].mean() < 250
+    # Time: in 200 frames (segments of 12), view 0 starts early in each segment, view 1 late, both inside it.
+    early, late = (tsn_indices(200, SPEC, None, t, 2) for t in (0, 1))
+    assert np.all(early[:, 0] == np.arange(16) * 12 + 1) and np.all(late[:, 0] == np.arange(16) * 12 + 3)
+    assert np.all(late[:, -1] < np.arange(1, 17) * 12)

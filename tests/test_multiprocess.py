@@ -113,6 +113,10 @@ def test_preempted_run_resumed_by_two_processes_then_by_one_ends_like_an_uninter
     for key in ("accuracy", "uar", "weighted_f1", "polarity_accuracy", "audio_only_accuracy", "confusion_counts"):
         assert test_b[key] == result_a[key], key
     assert result_b["accuracy"] == result_a["accuracy"]
+    # The per-video predictions, gathered from both processes: every test video once, as one process saw it.
+    rows_a, rows_b = ([json.loads(line) for line in open(os.path.join(w, "eval", "test_predictions.jsonl"))]
+                      for w in (workdir_a, workdir))  # fmt: skip
+    assert [(r["video_id"], r["predicted"]) for r in rows_b] == [(r["video_id"], r["predicted"]) for r in rows_a]
 
     # Every process wrote its shards of every checkpoint; process 0 alone wrote the rest.
     for step in ("3", "6"):
@@ -123,7 +127,8 @@ def test_preempted_run_resumed_by_two_processes_then_by_one_ends_like_an_uninter
     events = [f for f in outside if f.startswith("tensorboard/")]
     assert len(set(events) - before) == 1  # The job's; a second writer would have left a second event file.
     assert outside - set(events) == {
-        "config.json", "config_history.jsonl", "train_history.json", "eval/test_metrics.json", "eval/test_confusion.png"
+        "config.json", "config_history.jsonl", "train_history.json",
+        "eval/test_metrics.json", "eval/test_confusion.png", "eval/test_predictions.jsonl",
     }  # fmt: skip
 
     # One process resumes the two-process checkpoint of step 3 and ends like the others.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -47,13 +48,24 @@ def test_command_reports_a_corrupt_file_and_still_predicts_the_others(trained, t
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     missing = str(tmp_path / "missing.mp4")
+    folder = tmp_path / "folder"  # A directory: its videos, nested too; other files are not videos.
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(corrupt, folder / "a_bad.mp4")
+    shutil.copy(good, folder / "nested" / "b.mov")
+    (folder / "notes.txt").write_text("not a video")
+    output = tmp_path / "out.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "avcanet_jax.predict", f"--workdir={workdir}", good, str(corrupt), missing],
+        [sys.executable, "-m", "avcanet_jax.predict", f"--workdir={workdir}", good, str(corrupt), missing, str(folder),
+         f"--output={output}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["path"] for r in rows] == [good, str(corrupt), missing]
+    nested = [str(folder / "a_bad.mp4"), str(folder / "nested" / "b.mov")]
+    assert [r["path"] for r in rows] == [good, str(corrupt), missing, *nested]
+    assert output.read_text().splitlines() == proc.stdout.splitlines()
+    assert "error" in rows[3] and rows[4]["probabilities"] == rows[0]["probabilities"]  # The same video.
+    assert "predicted 5/5 videos" in proc.stderr and "3 of 5 videos could not be read" in proc.stderr
     assert rows[0]["emotion"] in EMOTIONS_CLASSES and "error" not in rows[0]
     assert list(rows[0]["polarity_probabilities"]) == ["positive", "neutral", "negative"]  # The dataset's order.
     assert (
@@ -67,7 +79,8 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
     for args, message in (
         ([f"--workdir={tmp_path / 'none'}", "a.mp4"], "no such directory"),
         ([f"--workdir={tmp_path}", "a.mp4"], "not a training workdir (no config.json)"),
-        ([f"--workdir={tmp_path}"], "give one or more video files"),
+        ([f"--workdir={tmp_path}"], "give video files, directories or glob patterns"),
+        ([f"--workdir={tmp_path}", str(tmp_path)], "no videos (.mp4, .mov"),
     ):
         proc = subprocess.run([sys.executable, "-m", "avcanet_jax.predict", *args], cwd=REPO, capture_output=True,
                               text=True, timeout=120)  # fmt: skip

@@ -132,7 +132,10 @@ def test_protocol_trains_every_split_and_reports_mean_and_std(ve8_data, tmp_path
         with open(tmp_path / run / "eval" / "test_metrics.json") as fh:
             assert json.load(fh)["num_examples"] == 8
     assert json.loads((tmp_path / "summary.json").read_text())["num_runs"] == 2
+    low, high = summary["mean_interval"]["accuracy"]  # t(0.975, 1 dof) = 12.706.
+    assert high - low == pytest.approx(2 * 12.706 * np.std(accs, ddof=1) / np.sqrt(2), rel=1e-4)
     table = (tmp_path / "summary.md").read_text().splitlines()
-    assert table[0].startswith("| run | accuracy | uar |") and table[-1].startswith("| mean ± std (2 runs) |")
+    assert table[0].startswith("| run | accuracy | uar |") and table[-2].startswith("| mean ± std (2 runs) |")
+    assert table[-1].startswith("| 95% interval of the mean |")
     again = protocol.run_protocol(c, str(tmp_path))  # Finished runs are read back, not retrained.
     assert again["runs"] == summary["runs"]

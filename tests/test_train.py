@@ -61,3 +61,68 @@ def test_eval_mode_reproduces_the_test_metrics(trained, tiny_dataset):
     for key in ("accuracy", "uar", "confusion_counts", "audio_only_accuracy"):
         assert results["test"][key] == result[key]
     assert os.path.exists(os.path.join(workdir, "eval", "test_confusion.png"))
+
+
+def test_predictions_file_holds_every_test_video_once_and_reproduces_the_metrics(trained, tiny_dataset):
+    import tensorflow_datasets as tfds
+
+    workdir, result = trained
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "eval", "test_predictions.jsonl"))]
+    metrics = _read_json(workdir, "eval", "test_metrics.json")
+    source = tfds.data_source("emotions/full", split="test", data_dir=tiny_dataset)
+    assert [r["video_id"] for r in rows] == [source[i]["video_id"].decode() for i in range(len(source))]
+    assert len(rows) == metrics["num_examples"] == 6
+    names = list(metrics["per_class_accuracy"])
+    counts = np.zeros((len(names), len(names)), int)
+    for r in rows:
+        counts[names.index(r["label"]), names.index(r["predicted"])] += 1
+        assert r["predicted"] == max(r["probabilities"], key=r["probabilities"].get)
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-5 and r["has_audio"] in (True, False)
+        assert {r["polarity"], r["predicted_polarity"]} <= {"positive", "neutral", "negative"}
+    assert counts.tolist() == metrics["confusion_counts"]
+    assert np.mean([r["label"] == r["predicted"] for r in rows]) == metrics["accuracy"] == result["accuracy"]
+    audio = np.mean([r["label"] == max(r["audio_probabilities"], key=r["audio_probabilities"].get) for r in rows])
+    assert audio == metrics["audio_only_accuracy"]
+    polarity = np.mean([r["polarity"] == r["predicted_polarity"] for r in rows])
+    assert polarity == metrics["polarity_accuracy"]
+
+
+def test_multi_view_evaluation_averages_each_views_probabilities(trained, tiny_dataset, tmp_path):
+    """2 x 3 views through the sharded evaluation equal the model applied to each view of each test
+    video directly, softmax averaged."""
+    import shutil
+
+    import jax
+    import tensorflow_datasets as tfds
+    from flax import nnx
+
+    from avcanet_jax import config_checks
+    from avcanet_jax.checkpointing import Checkpoints
+    from avcanet_jax.clip_sampling import make_audio, make_eval_views
+
+    workdir = str(tmp_path / "w")
+    shutil.copytree(trained[0], workdir)
+    c = tiny_train_config(tiny_dataset)
+    c.eval.temporal_views, c.eval.spatial_views = 2, 3
+    result = train.evaluate_workdir(c, workdir)["test"]
+    assert result["views"] == {"temporal": 2, "spatial": 3}
+    rows = {r["video_id"]: r for r in result["predictions"]}
+
+    run = train.prepare(c, splits=())
+    ckpt = Checkpoints(workdir)
+    state = ckpt.restore(run.abstract_state)
+    ckpt.close()
+    model, _ = nnx.merge(run.graphdef, jax.device_get(state))
+    model.eval()
+    forward = jax.jit(lambda video, audio: jax.nn.softmax(model(video, audio)["logits"], -1))
+    spec = config_checks.clip_spec(c)
+    source = tfds.data_source("emotions/full", split="test", data_dir=tiny_dataset)
+    for i in range(len(source)):
+        example = source[i]
+        views = make_eval_views(example["frames"], spec, 2, 3)
+        audio = np.repeat(make_audio(example["audio"], spec)[None], len(views), axis=0)
+        expected = np.asarray(forward(views, audio)).mean(0)
+        got = rows[example["video_id"].decode()]["probabilities"]
+        np.testing.assert_allclose([got[name] for name in got], expected, atol=2e-5)
+    one_view = train.evaluate_workdir(tiny_train_config(tiny_dataset), workdir)["test"]
+    assert one_view["accuracy"] == trained[1]["accuracy"] and one_view["views"] == {"temporal": 1, "spatial": 1}
