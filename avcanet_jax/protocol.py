@@ -108,11 +108,87 @@ def run_protocol(c, workdir: str, only: Sequence[str] | None = None) -> dict:
     return summary
 
 
+def ablation_runs(c, names: Sequence[str]) -> list[tuple[str, object]]:
+    """("full", c) and (name, c with that ablation) for each name ("all": every ablation of the paper)."""
+    from configs import ablations
+
+    names = list(ablations.ABLATIONS) if list(names) == ["all"] else list(names)
+    unknown = sorted(set(names) - set(ablations.ABLATIONS))
+    if unknown:
+        raise cli.UserError(f"--ablations: unknown {unknown}; known: all or any of {sorted(ablations.ABLATIONS)}")
+    return [("full", c)] + [(name, ablations.apply(copy.deepcopy(c), name)) for name in names]
+
+
+def run_ablations(c, workdir: str, names: Sequence[str]) -> dict:
+    """Trains the full model and each ablation of it in `W/<name>/` (finished runs are read back, so an
+    interrupted study resumes), then writes `W/ablations.json` and `W/ablations.md`: per variant its test
+    figures with bootstrap intervals and, against the full model on the same test videos, the paired
+    difference (interval) and McNemar's p-value."""
+    from avcanet_jax import compare, train
+
+    results = {}
+    for name, run_c in ablation_runs(c, names):
+        run_dir = os.path.join(workdir, name)
+        done = os.path.join(run_dir, "eval", "test_metrics.json")
+        if os.path.exists(done):
+            logging.info("%s: finished earlier, reading %s", name, done)
+            with open(done, encoding="utf-8") as fh:
+                results[name] = json.load(fh)
+        else:
+            results[name] = train.train_and_evaluate(run_c, run_dir)
+            if "stopped_at" in results[name]:  # SIGTERM: resumes on the next call.
+                return {"stopped_in": name, **results[name]}
+    full = compare.read_predictions(os.path.join(workdir, "full"), "test")
+    rows = []
+    for name, m in results.items():
+        row = {
+            "variant": name,
+            **{k: m[k] for k in compare.KEYS},
+            "intervals": {k: m["intervals"][k] for k in compare.KEYS},
+        }
+        if name != "full":
+            versus = compare.compare(full, compare.read_predictions(os.path.join(workdir, name), "test"))
+            row["versus_full"] = {k: versus[k] for k in ("difference", "difference_interval", "mcnemar")}
+        rows.append(row)
+    table = {"variants": rows}
+    evaluation.write_json(os.path.join(workdir, "ablations.json"), table)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "ablations.md"), "w", encoding="utf-8") as fh:
+            fh.write(ablation_markdown(rows))
+    return table
+
+
+def ablation_markdown(rows: Sequence[dict]) -> str:
+    """One row per variant, in percent: accuracy, UAR, F1 with intervals; accuracy vs full, McNemar p."""
+
+    def cell(value, interval):
+        return f"{100 * value:.1f} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+    lines = ["| variant | accuracy | UAR | weighted F1 | accuracy - full | McNemar p |", "|---" * 6 + "|"]
+    for r in rows:
+        figures = " | ".join(cell(r[k], r["intervals"][k]) for k in ("accuracy", "uar", "weighted_f1"))
+        if "versus_full" in r:
+            v = r["versus_full"]
+            low, high = v["difference_interval"]["accuracy"]
+            diff = 100 * v["difference"]["accuracy"]
+            versus = f"{diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {v['mcnemar']['p_value']:.3g}"
+        else:
+            versus = "| "
+        lines.append(f"| {r['variant']} | {figures} | {versus} |")
+    return "\n".join(lines) + "\n"
+
+
 def _define_flags() -> None:
     """Flags exist only when this module is the program, so that importing it never clashes."""
     config_flags.DEFINE_config_file("config", None, "A benchmark config, e.g. configs/ve8.py.", lock_config=True)
     flags.DEFINE_string("workdir", None, "One subdirectory per run, and the summary.")
     flags.DEFINE_list("only", None, "Run names to (re)run, e.g. split01,split02; default: all.")
+    flags.DEFINE_list(
+        "ablations",
+        None,
+        "Instead of the benchmark's runs: the config and these ablations of it "
+        "(names from configs/ablations.py, or all), each in W/<name>, then W/ablations.md.",
+    )
     flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "See avcanet_jax.main.")
     flags.mark_flags_as_required(["config", "workdir"])
 
@@ -122,7 +198,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     config = cli.config_value(f["config"])
+    if f.ablations:
+        ablation_runs(config, f.ablations)  # Unknown names fail before anything starts.
     runtime.start(f.distributed)
+    if f.ablations:
+        table = run_ablations(config, f.workdir, f.ablations)
+        if jax.process_index() == 0:
+            print(ablation_markdown(table["variants"]) if "variants" in table else json.dumps(table), flush=True)
+        return
     summary = run_protocol(config, f.workdir, f.only)
     if jax.process_index() == 0:
         print(markdown(summary) if "runs" in summary else json.dumps(summary), flush=True)

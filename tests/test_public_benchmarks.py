@@ -12,6 +12,7 @@ import simplejpeg
 import tensorflow_datasets as tfds
 
 from avcanet_jax import protocol
+from avcanet_jax.cli import UserError
 from configs import ekman6, ve8
 from tfds_emotions import build, synthetic
 from tfds_emotions.classes import EKMAN6_CLASSES, EKMAN6_POLARITY, POLARITIES, VE8_CLASSES, VE8_POLARITY
@@ -139,3 +140,32 @@ def test_protocol_trains_every_split_and_reports_mean_and_std(ve8_data, tmp_path
     assert table[-1].startswith("| 95% interval of the mean |")
     again = protocol.run_protocol(c, str(tmp_path))  # Finished runs are read back, not retrained.
     assert again["runs"] == summary["runs"]
+
+
+def test_ablation_study_trains_each_variant_once_and_tables_them_against_the_full_model(ve8_data, tmp_path):
+    from conftest import tiny_train_config
+
+    # The protocol test's split01 run is the "full" model here, so its compiled steps are cache hits.
+    c = tiny_train_config(ve8_data, num_epochs=1, select_on_validation=True)
+    c.model.num_classes = 8
+    c.model.use_local = c.model.use_global = False
+    c.data.dataset = "video_emotion8/split01"
+    with pytest.raises(UserError, match="--ablations: unknown \\['no_such'\\]"):
+        protocol.ablation_runs(c, ["audio_only", "no_such"])
+    table = protocol.run_ablations(c, str(tmp_path), ["audio_only"])
+    assert [r["variant"] for r in table["variants"]] == ["full", "audio_only"]
+    full, audio = table["variants"]
+    assert "versus_full" not in full and audio["accuracy"] - full["accuracy"] == pytest.approx(
+        audio["versus_full"]["difference"]["accuracy"]
+    )
+    low, high = audio["versus_full"]["difference_interval"]["uar"]
+    assert low <= audio["versus_full"]["difference"]["uar"] <= high
+    assert 0 < audio["versus_full"]["mcnemar"]["p_value"] <= 1
+    with open(tmp_path / "audio_only" / "config.json") as fh:
+        assert json.load(fh)["model"]["modalities"] == "audio"
+    md = (tmp_path / "ablations.md").read_text().splitlines()
+    assert md[0].startswith("| variant | accuracy |") and md[3].startswith("| audio_only | ")
+    again = protocol.run_ablations(c, str(tmp_path), ["audio_only"])  # Read back, not retrained:
+    assert again == json.loads((tmp_path / "ablations.json").read_text())
+    for name in ("full", "audio_only"):  # one start each.
+        assert len((tmp_path / name / "config_history.jsonl").read_text().splitlines()) == 1
