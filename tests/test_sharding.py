@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -32,13 +34,14 @@ def test_spec_replicates_dimensions_the_mesh_does_not_divide():
 
 
 def test_model_is_created_sharded_with_the_same_values():
+    config = dataclasses.replace(TINY, modalities="visual")  # One branch: the same code, half the compile.
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    model = sharding.create_sharded(lambda: AVCANet(TINY, nnx.Rngs(0)), mesh, DEFAULT_RULES)
+    model = sharding.create_sharded(lambda: AVCANet(config, nnx.Rngs(0)), mesh, DEFAULT_RULES)
     fc1 = model.visual.backbone.stages[0][0].mlp.fc1.kernel[...]  # [16, 64]: (embed, mlp)
     assert fc1.sharding.spec == P("fsdp", "tensor")
     assert len(fc1.addressable_shards) == 8 and fc1.addressable_shards[0].data.shape == (8, 32)
     # The same initialisation compiled unsharded (eager, op by op, can differ in the last bit: a jitted
     # normal draw times its scale may fuse into one multiply-add).
-    reference = jax.jit(lambda: nnx.state(AVCANet(TINY, nnx.Rngs(0)), nnx.Param))()
+    reference = jax.jit(lambda: nnx.state(AVCANet(config, nnx.Rngs(0)), nnx.Param))()
     for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
