@@ -92,6 +92,30 @@ def timed(fn, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def breakdown(source, example, spec: ClipSpec, n: int) -> dict[str, float]:
+    """Per clip, ms: reading a record's bytes (ArrayRecord) and parsing them into features (TFDS), then in
+    the clip: decoding its 128 JPEGs, cropping and resizing them, and the rest (indices, stacking)."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    from avcanet_jax.clip_sampling import _resize, decode_frames, square_crop_box, tsn_indices
+
+    paths = source.dataset_info.splits["train"].filepaths
+    reader = ArrayRecordReader(str(paths[0]), "readahead_buffer_size:0")
+    count = reader.num_records()
+    raw_ms = 1e3 / timed(lambda i: reader.read([i % count]), n)
+    reader.close()
+    rng = np.random.default_rng(0)
+    idx = tsn_indices(len(example["frames"]), spec, rng)
+    jpeg_ms = 1e3 / timed(lambda i: decode_frames(example["frames"], idx), n)
+    decoded = decode_frames(example["frames"], idx)
+    first = next(iter(decoded.values()))
+    top, left, side = square_crop_box(first.shape[0], first.shape[1], "center")
+    crop_ms = 1e3 / timed(
+        lambda i: [_resize(f[top : top + side, left : left + side], spec.crop_size) for f in decoded.values()], n
+    )
+    return {"raw_record_read_ms": raw_ms, "jpeg_decode_ms": jpeg_ms, "crop_resize_ms": crop_ms}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=12)
@@ -127,6 +151,7 @@ def main():
     read_ms = 1e3 / timed(lambda i: source[i % len(source)], args.clips)
     decode_ms = 1e3 / timed(lambda i: make_video(ex["frames"], spec, None), args.clips)
     audio_ms = 1e3 / timed(lambda i: make_audio(ex["audio"], spec), args.clips)
+    parts = breakdown(source, ex, spec, args.clips)
 
     # The whole Grain pipeline on all cores, batches of 2: threads in one process, then worker processes.
     def pipeline_rate(**kw) -> float:
@@ -150,6 +175,7 @@ def main():
     print(
         f"  per clip: record read {read_ms:.1f} ms, 128-frame decode+crop {decode_ms:.1f} ms, audio {audio_ms:.2f} ms"
     )
+    print("  of which: " + ", ".join(f"{k[:-3].replace('_', ' ')} {v:.1f} ms" for k, v in parts.items()))
     print(f"Grain pipeline, {cores} threads, 1 process: {threads_rate:.2f} clips/s ({threads_rate / cores:.2f}/core)")
     print(f"Grain pipeline, {cores} worker processes:   {procs_rate:.2f} clips/s ({procs_rate / cores:.2f}/core)")
     print(
@@ -162,6 +188,7 @@ def main():
                 "grain_pipeline_clips_per_s_per_core": round(grain_rate / cores, 2),
                 "cores": cores,
                 "content": content,
+                "per_clip_ms": {"record_read": read_ms, "decode_and_crop": decode_ms, "audio": audio_ms, **parts},
             }
         )
     )
