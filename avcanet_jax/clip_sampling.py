@@ -117,6 +117,14 @@ def make_eval_views(jpegs: Sequence[bytes], spec: ClipSpec, temporal_views: int 
     return np.ascontiguousarray(np.stack(clips))
 
 
+def eval_video(jpegs: Sequence[bytes], spec: ClipSpec, views: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """A video's evaluation input: its one clip [S, F, crop, crop, 3] for 1 x 1 views (the paper's), else
+    every (temporal, spatial) view stacked [V, S, F, crop, crop, 3]."""
+    if tuple(views) == (1, 1):
+        return make_video(jpegs, spec, None)[0]
+    return make_eval_views(jpegs, spec, *views)
+
+
 def decode_frames(jpegs: Sequence[bytes], wanted: np.ndarray) -> dict[int, np.ndarray]:
     """Decodes each distinct wanted frame once (short videos repeat indices after loop padding)."""
     return {int(i): simplejpeg.decode_jpeg(jpegs[int(i)], colorspace="RGB") for i in np.unique(wanted)}

@@ -58,8 +58,8 @@ def _averaged(eval_step: Callable, state, batch: dict, views: np.ndarray, batch_
     """Multi-view testing: per head, the log of the softmax probabilities averaged over the views
     (`views`: [B, V, S, F, H, W, 3]), so that argmax and softmax give the averaged prediction."""
     total = None
-    for v in range(views.shape[1]):
-        video = input_pipeline.to_global({"video": views[:, v]}, batch_sharding)
+    for v in range(views.shape[1]):  # `batch` already holds view 0.
+        video = input_pipeline.to_global({"video": views[:, v]}, batch_sharding) if v else {}
         out = eval_step(state, {**batch, **video})
         probs = {k: jax.nn.softmax(x.astype(jnp.float32), -1) for k, x in out.items()}
         total = probs if total is None else {k: total[k] + probs[k] for k in total}

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from avcanet_jax.clip_sampling import ClipSpec, make_audio, make_eval_views, make_video
+from avcanet_jax.clip_sampling import ClipSpec, eval_video, make_audio, make_video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +74,10 @@ def data_source(cfg: PipelineConfig, split: str):
 def _clip_fields(
     example: Mapping[str, Any], spec: ClipSpec, rng: np.random.Generator | None, views: tuple[int, int] = (1, 1)
 ) -> dict[str, np.ndarray]:
-    if tuple(views) == (1, 1):
+    if rng is not None:
         video, _ = make_video(example["frames"], spec, rng)
     else:
-        video = make_eval_views(example["frames"], spec, *views)
+        video = eval_video(example["frames"], spec, views)
     return {
         "video": video,
         "audio": make_audio(example["audio"], spec),

@@ -92,9 +92,9 @@ def _resampled(labels, all_preds, num_classes, class_polarity, resamples, seed) 
     for preds in all_preds:
         preds = np.asarray(preds, np.int64)
         pre = preds[idx]
-        cms = np.zeros((resamples, k * k), np.int64)
-        np.add.at(cms, (np.arange(resamples)[:, None], lab * k + pre), 1)
-        values = {"accuracy": (lab == pre).mean(1), "weighted_f1": _weighted_f1(cms.reshape(resamples, k, k))}
+        cells = (np.arange(resamples)[:, None] * k + lab) * k + pre  # One confusion matrix per resample.
+        cms = np.bincount(cells.ravel(), minlength=resamples * k * k).reshape(resamples, k, k)
+        values = {"accuracy": (lab == pre).mean(1), "weighted_f1": _weighted_f1(cms)}
         values["uar"] = np.mean([(preds[w] == labels[w]).mean(1) for w in within], axis=0)
         if class_polarity is not None:
             pol = np.asarray(class_polarity)

@@ -29,7 +29,7 @@ from avcanet_jax import cli, config_checks, datasets, runtime, train_step
 from avcanet_jax import workdir as wdir
 from avcanet_jax.avcanet import AVCANet
 from avcanet_jax.checkpointing import Checkpoints, require_checkpoints
-from avcanet_jax.clip_sampling import ClipSpec, make_audio, make_eval_views, make_video
+from avcanet_jax.clip_sampling import ClipSpec, eval_video, make_audio
 from tfds_emotions.classes import POLARITIES
 from tfds_emotions.media import VIDEO_EXTENSIONS
 
@@ -58,10 +58,7 @@ class Predictor:
         from tfds_emotions import media
 
         fields = media.decode_video(path, self.media_options)
-        if self.views == (1, 1):
-            video, _ = make_video(fields["frames"], self.spec, None)
-        else:
-            video = make_eval_views(fields["frames"], self.spec, *self.views)
+        video = eval_video(fields["frames"], self.spec, self.views)
         return {"video": video, "audio": make_audio(fields["audio"], self.spec), "has_audio": fields["has_audio"]}
 
     def probabilities(self, clips: list[dict], batch_size: int) -> dict[str, np.ndarray]:

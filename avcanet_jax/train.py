@@ -167,8 +167,7 @@ def _train(c, workdir: str, watch: PreemptionWatch) -> dict:
         # Everything that can refuse this run is checked before anything in the workdir is written.
         start = ckpt.latest_step() or 0
         if start:
-            saved = wdir.shapes_of(ckpt.saved_state(start))
-            wdir.check_checkpoint_fits(workdir, c, saved, wdir.shapes_of(run.abstract_state), start, "latest")
+            wdir.check_checkpoint_fits(workdir, c, ckpt, run.abstract_state, start)
             _check_resumable(ckpt.data_position(start), run.pcfg, start)
         changed = wdir.record_start(workdir, c, start)
         if start and changed:

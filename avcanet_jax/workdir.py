@@ -85,11 +85,14 @@ def shapes_of(state) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def check_checkpoint_fits(workdir: str, c, saved_shapes: dict, wanted_shapes: dict, step: int, what: str) -> None:
+def check_checkpoint_fits(workdir: str, c, ckpt, abstract_state, step: int, best: bool = False) -> None:
     """Raises ConfigError, naming the config fields that differ from the workdir's `config.json`, when
-    the checkpoint of `step` holds another model or optimizer than the one `c` describes."""
+    the checkpoint of `step` (read as metadata, not restored) holds another model or optimizer than the
+    one `c` describes (`abstract_state`)."""
+    saved_shapes, wanted_shapes = shapes_of(ckpt.saved_state(step, best)), shapes_of(abstract_state)
     if saved_shapes == wanted_shapes:
         return
+    what = "best" if best else "latest"
     only_saved = sorted(set(saved_shapes) - set(wanted_shapes))
     only_wanted = sorted(set(wanted_shapes) - set(saved_shapes))
     reshaped = sorted(k for k in set(saved_shapes) & set(wanted_shapes) if saved_shapes[k] != wanted_shapes[k])
@@ -116,8 +119,7 @@ def restore_for_evaluation(workdir: str, c, ckpt, abstract_state, prefer_best: b
     """(step, state): the workdir's best state (else its latest), checked against the model `c` builds
     before Orbax is asked to restore it."""
     step, best = ckpt.chosen(prefer_best)
-    saved = shapes_of(ckpt.saved_state(step, best))
-    check_checkpoint_fits(workdir, c, saved, shapes_of(abstract_state), step, "best" if best else "latest")
+    check_checkpoint_fits(workdir, c, ckpt, abstract_state, step, best)
     return step, ckpt.restore_chosen(abstract_state, step, best)
 
 
