@@ -14,6 +14,7 @@ from avcanet_jax.clip_sampling import (
     square_crop_box,
     tsn_indices,
 )
+from tfds_emotions import jpeg_rows
 
 SPEC = ClipSpec()
 
@@ -143,3 +144,24 @@ def test_one_eval_view_is_the_eval_clip_and_views_cover_time_and_the_long_side(h
     early, late = (tsn_indices(200, SPEC, None, t, 2) for t in (0, 1))
     assert np.all(early[:, 0] == np.arange(16) * 12 + 1) and np.all(late[:, 0] == np.arange(16) * 12 + 3)
     assert np.all(late[:, -1] < np.arange(1, 17) * 12)
+
+
+@pytest.mark.parametrize("height, width", [(199, 112), (112, 199), (213, 120)])
+def test_clips_from_row_cuttable_frames_are_those_of_plain_frames(height, width):
+    """Builder 2.0.0 stores frames that decode only a crop's rows; every clip (train positions and
+    augmentations, evaluation views) must be the one the whole-frame decode of a plain JPEG gives."""
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(np.cumsum(rng.normal(0, 3, (40, height, width, 3)), 1), 2)
+    images = np.clip(walk - walk.mean() + 128, 0, 255).astype(np.uint8)
+    plain = [simplejpeg.encode_jpeg(i, quality=85, colorspace="RGB", colorsubsampling="420") for i in images]
+    rows = [jpeg_rows.encode(i, 85) for i in images]
+    spec = ClipSpec(num_segments=4, frames_per_segment=4, audio_frames=64, augment_prob=0.5)
+    positions = set()
+    for seed in range(12):
+        a, info = make_video(rows, spec, np.random.default_rng(seed))
+        b, _ = make_video(plain, spec, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a, b)
+        positions.add(info["position"])
+    assert len(positions) >= 4
+    np.testing.assert_array_equal(make_eval_views(rows, spec, 2, 3), make_eval_views(plain, spec, 2, 3))
+    np.testing.assert_array_equal(make_video(rows, spec, None)[0], make_video(plain, spec, None)[0])

@@ -24,8 +24,11 @@ name ends in NN), or `train/` and `test/` folders holding the class folders (spl
 class VideoEmotion8(Emotions):
     """VideoEmotion-8 (Jiang et al., AAAI 2014): 1,101 user-generated videos, Plutchik's 8 emotions."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release; one config per official train/test split."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release; one config per official train/test split.",
+        "2.0.0": "Frames carry a restart marker after every 16-pixel row, so a crop decodes only its rows (same pixels as 1.0.0); audio and timestamps stored as raw bytes.",
+    }
     CLASSES = VE8_CLASSES
     POLARITY = VE8_POLARITY
     DESCRIPTION = (
@@ -53,8 +56,8 @@ class VideoEmotion8(Emotions):
 class Ekman6(Emotions):
     """Ekman-6 (Xu et al., 2016): 1,637 videos, Ekman's six basic emotions, the standard 819/818 split."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release; the standard train/test split."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release; the standard train/test split.", "2.0.0": "Frames carry a restart marker after every 16-pixel row, so a crop decodes only its rows (same pixels as 1.0.0); audio and timestamps stored as raw bytes."}
     CLASSES = EKMAN6_CLASSES
     POLARITY = EKMAN6_POLARITY
     DESCRIPTION = (
