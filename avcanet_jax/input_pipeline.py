@@ -28,6 +28,7 @@ import numpy as np
 from absl import flags
 
 from avcanet_jax.clip_sampling import ClipSpec, eval_video, make_audio, make_video
+from avcanet_jax.records import ClipRecords
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +63,9 @@ class PipelineConfig:
     eval_views: tuple[int, int] = (1, 1)
 
 
-def data_source(cfg: PipelineConfig, split: str):
-    """The TFDS ArrayRecord source of one split (random access, no TensorFlow)."""
-    import tensorflow_datasets as tfds
-
-    import tfds_emotions  # noqa: F401 - registers the builders so TFDS can read their features.
-
-    return tfds.data_source(cfg.dataset, split=split, data_dir=cfg.data_dir)
+def data_source(cfg: PipelineConfig, split: str) -> ClipRecords:
+    """One split's ArrayRecord files with random access (no TensorFlow), parsed as far as clips need."""
+    return ClipRecords(cfg.dataset, split, cfg.data_dir)
 
 
 def _clip_fields(

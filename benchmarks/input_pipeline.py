@@ -6,9 +6,10 @@ Both loaders produce the paper's training clip (16 x 8 frames at 112 x 112, rand
 augmentation, plus MFCC [16, 256, 32]) from the same videos (see media_corpus.py):
   * reference: per-frame JPEG folders at short side 240 and mp3 files (the authors' extraction), read with
     PIL per frame, cropped and resized per frame, and librosa load + MFCC of the mp3 per sample;
-  * ours: `tfds.data_source` on the built dataset and the pipeline's TrainTransform.
-Per-core figures run each loader sequentially in one thread. The full Grain pipeline with one worker
-process per core is timed as well. The last line is a JSON object.
+  * ours: the built dataset's ArrayRecord files through `ClipRecords` and the pipeline's TrainTransform.
+Per-core figures run each loader sequentially in one thread. The full Grain pipeline is timed on one
+core and on all of them (CPU affinity), with worker processes and with threads. The last line is a JSON
+object.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import media_corpus  # noqa: E402
 
 from avcanet_jax import input_pipeline as ip  # noqa: E402
-from avcanet_jax.clip_sampling import ClipSpec, make_audio, make_video  # noqa: E402
+from avcanet_jax import runtime  # noqa: E402
+from avcanet_jax.clip_sampling import ClipSpec, make_audio  # noqa: E402
 from tfds_emotions import build  # noqa: E402
 
 
@@ -92,28 +94,36 @@ def timed(fn, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def breakdown(source, example, spec: ClipSpec, n: int) -> dict[str, float]:
-    """Per clip, ms: reading a record's bytes (ArrayRecord) and parsing them into features (TFDS), then in
-    the clip: decoding its 128 JPEGs, cropping and resizing them, and the rest (indices, stacking)."""
+def breakdown(source: ip.ClipRecords, spec: ClipSpec, n: int) -> dict[str, float]:
+    """Per clip, ms: reading a record's bytes (ArrayRecord) and parsing them (`ClipRecords`), decoding
+    the 128 frames' crop rows (builder 2.0.0's restart markers; the whole frames for comparison), then
+    slicing the crops out, and the audio."""
     from array_record.python.array_record_module import ArrayRecordReader
 
-    from avcanet_jax.clip_sampling import _resize, decode_frames, square_crop_box, tsn_indices
+    from avcanet_jax.clip_sampling import _resize, decode_frames, frame_size, square_crop_box, tsn_indices
 
     paths = source.dataset_info.splits["train"].filepaths
     reader = ArrayRecordReader(str(paths[0]), "readahead_buffer_size:0")
     count = reader.num_records()
     raw_ms = 1e3 / timed(lambda i: reader.read([i % count]), n)
     reader.close()
-    rng = np.random.default_rng(0)
-    idx = tsn_indices(len(example["frames"]), spec, rng)
-    jpeg_ms = 1e3 / timed(lambda i: decode_frames(example["frames"], idx), n)
-    decoded = decode_frames(example["frames"], idx)
-    first = next(iter(decoded.values()))
-    top, left, side = square_crop_box(first.shape[0], first.shape[1], "center")
-    crop_ms = 1e3 / timed(
-        lambda i: [_resize(f[top : top + side, left : left + side], spec.crop_size) for f in decoded.values()], n
-    )
-    return {"raw_record_read_ms": raw_ms, "jpeg_decode_ms": jpeg_ms, "crop_resize_ms": crop_ms}
+    read_ms = 1e3 / timed(lambda i: source[i % len(source)], n)
+    example = source[0]
+    idx = tsn_indices(len(example["frames"]), spec, np.random.default_rng(0))
+    top, left, side = square_crop_box(*frame_size(example["frames"]), "center")
+    rows_ms = 1e3 / timed(lambda i: decode_frames(example["frames"], idx, (top, top + side)), n)
+    whole_ms = 1e3 / timed(lambda i: decode_frames(example["frames"], idx), n)
+    decoded = decode_frames(example["frames"], idx, (top, top + side))
+    crop_ms = 1e3 / timed(lambda i: [_resize(f[:, left : left + side], spec.crop_size) for f in decoded.values()], n)
+    audio_ms = 1e3 / timed(lambda i: make_audio(example["audio"], spec), n)
+    return {
+        "raw_record_read_ms": raw_ms,
+        "record_parse_ms": read_ms - raw_ms,
+        "jpeg_decode_crop_rows_ms": rows_ms,
+        "jpeg_decode_whole_frames_ms": whole_ms,
+        "crop_ms": crop_ms,
+        "audio_ms": audio_ms,
+    }
 
 
 def main():
@@ -125,6 +135,7 @@ def main():
     parser.add_argument("--height", type=int, default=960)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "avcanet_bench"))
     args = parser.parse_args()
+    runtime.leave_out_absent_tpus()  # The pipeline asks JAX for the process index; no libtpu warnings.
 
     cores = os.cpu_count() or 1
     raw = media_corpus.corpus_dir(args.workdir, args.videos, args.seconds, args.width, args.height)
@@ -138,46 +149,41 @@ def main():
     ref_rate = timed(lambda i: reference_clip(*ref[i % len(ref)], spec, rng), max(4, args.clips // 6))
 
     cfg = ip.PipelineConfig(dataset="emotions/full", data_dir=data_dir, global_batch_size=2, num_workers=0)
-    import tensorflow_datasets as tfds
-
-    sources = tfds.data_source("emotions/full", data_dir=data_dir)
-    examples = [sources[s][i] for s in sources for i in range(len(sources[s]))]
+    source = ip.data_source(cfg, "train")
+    frames_per_video = np.mean([len(source[i]["frames"]) for i in range(len(source))])
     transform = ip.TrainTransform(spec)
-    source = sources["train"]
     ours_rate = timed(lambda i: transform.random_map(source[i % len(source)], np.random.default_rng(i)), args.clips)
+    parts = breakdown(source, spec, args.clips)  # Where our time goes, per clip.
 
-    # Where our time goes, per clip.
-    ex = examples[0]
-    read_ms = 1e3 / timed(lambda i: source[i % len(source)], args.clips)
-    decode_ms = 1e3 / timed(lambda i: make_video(ex["frames"], spec, None), args.clips)
-    audio_ms = 1e3 / timed(lambda i: make_audio(ex["audio"], spec), args.clips)
-    parts = breakdown(source, ex, spec, args.clips)
-
-    # The whole Grain pipeline on all cores, batches of 2: threads in one process, then worker processes.
-    def pipeline_rate(**kw) -> float:
+    # The whole Grain pipeline, batches of 2, on one core and then on all (worker processes inherit the
+    # CPU affinity): one worker process per core, or one read thread per core in the main process.
+    def pipeline_rate(n: int, processes: bool) -> float:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0) | all_cpus)[:n])
+        kw = (
+            dict(num_workers=n, read_threads=1, read_buffer=4) if processes else dict(read_threads=n, read_buffer=4 * n)
+        )
         it = iter(ip.train_dataset(ip.PipelineConfig(**{**cfg.__dict__, **kw})))
         next(it)
         start = time.perf_counter()
         n_batches = max(2, args.clips // 2)
         for _ in range(n_batches):
             next(it)
-        return n_batches * 2 / (time.perf_counter() - start)
+        rate = n_batches * 2 / (time.perf_counter() - start)
+        os.sched_setaffinity(0, all_cpus)
+        return rate
 
-    threads_rate = pipeline_rate(read_threads=cores, read_buffer=4 * cores)
-    procs_rate = pipeline_rate(num_workers=cores, read_threads=1, read_buffer=4)
-    grain_rate = max(threads_rate, procs_rate)
+    all_cpus = os.sched_getaffinity(0)
+    rates = {(n, p): pipeline_rate(n, p) for p in (True, False) for n in (1, cores)}
+    grain_rate = max(rates[(cores, True)], rates[(cores, False)])
 
-    frames_per_video = np.mean([len(e["frames"]) for e in examples])
     print(media_corpus.describe(paths, args.seconds, args.width, args.height, content))
     print(f"stored frames per video: {frames_per_video:.0f}")
     print(f"reference loader (JPEG folders + librosa on mp3): {ref_rate:.2f} clips/s on one core")
     print(f"ours (ArrayRecord + TrainTransform):               {ours_rate:.2f} clips/s on one core")
-    print(
-        f"  per clip: record read {read_ms:.1f} ms, 128-frame decode+crop {decode_ms:.1f} ms, audio {audio_ms:.2f} ms"
-    )
-    print("  of which: " + ", ".join(f"{k[:-3].replace('_', ' ')} {v:.1f} ms" for k, v in parts.items()))
-    print(f"Grain pipeline, {cores} threads, 1 process: {threads_rate:.2f} clips/s ({threads_rate / cores:.2f}/core)")
-    print(f"Grain pipeline, {cores} worker processes:   {procs_rate:.2f} clips/s ({procs_rate / cores:.2f}/core)")
+    print("  per clip: " + ", ".join(f"{k[:-3].replace('_', ' ')} {v:.2f} ms" for k, v in parts.items()))
+    for processes, what in ((True, "worker processes"), (False, "read threads in one process")):
+        one, many = rates[(1, processes)], rates[(cores, processes)]
+        print(f"Grain pipeline, {what}: {one:.2f} clips/s on 1 core, {many:.2f} on {cores} ({many / one:.2f}x)")
     print(
         json.dumps(
             {
@@ -186,9 +192,13 @@ def main():
                 "speedup_vs_reference_loader": round(ours_rate / ref_rate, 2),
                 "grain_pipeline_clips_per_s": round(grain_rate, 2),
                 "grain_pipeline_clips_per_s_per_core": round(grain_rate / cores, 2),
+                "grain_scaling": {
+                    "processes": round(rates[(cores, True)] / rates[(1, True)], 2),
+                    "threads": round(rates[(cores, False)] / rates[(1, False)], 2),
+                },
                 "cores": cores,
                 "content": content,
-                "per_clip_ms": {"record_read": read_ms, "decode_and_crop": decode_ms, "audio": audio_ms, **parts},
+                "per_clip_ms": parts,
             }
         )
     )

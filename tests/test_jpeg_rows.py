@@ -36,7 +36,9 @@ def test_decodes_to_the_pixels_of_a_plain_encode_in_any_decoder(height, width, s
         rows, plain = jpeg_rows.encode(img, quality), _plain(img, quality)
         np.testing.assert_array_equal(simplejpeg.decode_jpeg(rows), simplejpeg.decode_jpeg(plain))
         # Pillow's own libjpeg reads the restart markers too, to its own decode of the plain file.
-        np.testing.assert_array_equal(np.asarray(PIL.Image.open(io.BytesIO(rows))), np.asarray(PIL.Image.open(io.BytesIO(plain))))
+        np.testing.assert_array_equal(
+            np.asarray(PIL.Image.open(io.BytesIO(rows))), np.asarray(PIL.Image.open(io.BytesIO(plain)))
+        )
         header = jpeg_rows.Header.parse(rows)
         assert header.row_cuttable and (header.height, header.width) == (height, width)
 

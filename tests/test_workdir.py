@@ -14,6 +14,7 @@ import sys
 import pytest
 from conftest import tiny_train_config, tiny_train_flags
 
+import tfds_emotions
 from avcanet_jax import train
 from avcanet_jax.config_checks import ConfigError
 
@@ -64,7 +65,8 @@ def test_a_refused_resume_or_evaluation_leaves_the_workdir_byte_identical(
 
 
 def test_an_empty_split_is_reported_by_the_build_and_refused_before_compiling(tiny_dataset):
-    report = json.load(open(os.path.join(tiny_dataset, "emotions", "full", "1.0.0", "build_report.json")))
+    version = str(tfds_emotions.Emotions.VERSION)
+    report = json.load(open(os.path.join(tiny_dataset, "emotions", "full", version, "build_report.json")))
     assert set(report["empty_splits"]) == {"validation"}
     assert "rounds to 0 videos in every class (5-5 videos per class" in report["empty_splits"]["validation"]
     c = tiny_train_config(tiny_dataset, select_on_validation=True)

@@ -110,6 +110,12 @@ def _tasks(items: Sequence[sources.Item], opts: media.MediaOptions, polarity: di
         yield it, payload, opts, polarity, classes
 
 
+ROWS_RELEASE_NOTE = (
+    "Frames carry a restart marker after every 16-pixel row, so a crop decodes only its rows (same pixels "
+    "as 1.0.0); audio and timestamps are stored as raw bytes."
+)
+
+
 class _Tally:
     """What one split's build did with each of its items: the counts and skips of `build_report.json`.
 
@@ -151,7 +157,7 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
         "1.0.0": "First release: frames as JPEG at short side 112, MFCC [T, 32].",
-        "2.0.0": "Frames carry a restart marker after every 16-pixel row, so a crop decodes only its rows (same pixels as 1.0.0); audio and timestamps stored as raw bytes.",
+        "2.0.0": ROWS_RELEASE_NOTE,
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
     CLASSES: tuple[str, ...] = EMOTIONS_CLASSES
@@ -169,7 +175,7 @@ class Emotions(tfds.core.GeneratorBasedBuilder):
             version="2.0.0",
             release_notes={
                 "1.1.0": "A larger disc kept near the middle, so every crop shows the visual cue.",
-                "2.0.0": "Frames carry a restart marker after every 16-pixel row, so a crop decodes only its rows (same pixels as 1.0.0); audio and timestamps stored as raw bytes.",
+                "2.0.0": ROWS_RELEASE_NOTE,
             },
             synthetic_clips_per_class=50,
             description="300 generated clips whose labels need both audio and video; for demos and tests.",

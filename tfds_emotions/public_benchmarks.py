@@ -12,7 +12,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 
 from tfds_emotions.classes import EKMAN6_CLASSES, EKMAN6_POLARITY, VE8_CLASSES, VE8_POLARITY
-from tfds_emotions.emotions import Emotions, EmotionsConfig
+from tfds_emotions.emotions import ROWS_RELEASE_NOTE, Emotions, EmotionsConfig
 
 _SPLIT_FILES = """\
 Split files, searched under the manual dir: UCF101-style `trainlistNN.txt` + `testlistNN.txt` ("Class/id"
@@ -27,7 +27,7 @@ class VideoEmotion8(Emotions):
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
         "1.0.0": "First release; one config per official train/test split.",
-        "2.0.0": "Frames carry a restart marker after every 16-pixel row, so a crop decodes only its rows (same pixels as 1.0.0); audio and timestamps stored as raw bytes.",
+        "2.0.0": ROWS_RELEASE_NOTE,
     }
     CLASSES = VE8_CLASSES
     POLARITY = VE8_POLARITY
@@ -57,7 +57,10 @@ class Ekman6(Emotions):
     """Ekman-6 (Xu et al., 2016): 1,637 videos, Ekman's six basic emotions, the standard 819/818 split."""
 
     VERSION = tfds.core.Version("2.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release; the standard train/test split.", "2.0.0": "Frames carry a restart marker after every 16-pixel row, so a crop decodes only its rows (same pixels as 1.0.0); audio and timestamps stored as raw bytes."}
+    RELEASE_NOTES = {
+        "1.0.0": "First release; the standard train/test split.",
+        "2.0.0": ROWS_RELEASE_NOTE,
+    }
     CLASSES = EKMAN6_CLASSES
     POLARITY = EKMAN6_POLARITY
     DESCRIPTION = (
