@@ -44,8 +44,10 @@ class PipelineConfig:
       num_workers: Grain worker processes per host (0: in the main process).
       prefetch_buffer: batches each worker process keeps ready.
       read_threads: threads per process that read and transform examples. JPEG decoding releases the
-        GIL, so threads scale on their own; Grain's default (16 threads, 500 elements buffered) holds
-        gigabytes of clips and was 5x slower here.
+        GIL but the per-frame Python around it does not: on 2 cores, 2 threads in one process made 1.61x
+        one core's clips, 2 worker processes 2.00x (benchmarks/input_pipeline.py), so scale with
+        `num_workers`. Grain's default (16 threads, 500 elements buffered) holds gigabytes of clips and
+        was 5x slower here.
       read_buffer: examples read ahead per process.
       eval_views: (temporal, spatial) evaluation views per video; (1, 1) is the paper's one centred clip,
         more give `video` a view axis: [views, S, F, crop, crop, 3] per example (`make_eval_views`).

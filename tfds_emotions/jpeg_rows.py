@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 import simplejpeg
@@ -28,33 +29,54 @@ _SOF_BASELINE = (0xC0, 0xC1)  # Huffman-coded sequential DCT; progressive scans 
 _RESTART = re.compile(rb"\xff[\xd0-\xd7]")  # Entropy-coded data escapes 0xFF as FF00, so these are markers.
 
 
+_RESTART_MARKERS = [bytes((0xFF, 0xD0 + k)) for k in range(8)]
+
+
 def encode(frame: np.ndarray, quality: int) -> bytes:
     """RGB uint8 [H, W, 3] to a 4:2:0 baseline JPEG with a restart marker after every 16-pixel row.
 
     Decodes to exactly the pixels of `simplejpeg.encode_jpeg(frame, quality, "RGB", "420")`.
     """
-    height, width = frame.shape[:2]
-    bands = [
-        simplejpeg.encode_jpeg(
-            np.ascontiguousarray(frame[top : top + 16]), quality=quality, colorspace="RGB", colorsubsampling="420"
-        )
-        for top in range(0, height, 16)
-    ]
-    head = Header.parse(bands[0])
-    first, sof, scan = bands[0], head.sof, len(head.prefix)
-    sos = first.rindex(b"\xff\xda", 0, scan)
-    out = bytearray(first[: sof + 5] + struct.pack(">H", height) + first[sof + 7 : sos])
-    out += b"\xff\xdd\x00\x04" + struct.pack(">H", -(-width // head.mcu_width))  # DRI: one MCU row.
-    out += first[sos:scan]
-    for k, band in enumerate(bands):
-        # Rows share the whole-frame tables; only the height differs (the last row may be shorter).
-        if band[: sof + 5] != first[: sof + 5] or band[sof + 7 : scan] != first[sof + 7 : scan]:
-            raise ValueError("the encoder wrote different tables for rows of one frame")
-        if k:
-            out += bytes((0xFF, 0xD0 + (k - 1) % 8))
-        out += band[scan : band.rindex(b"\xff\xd9")]
-    out += b"\xff\xd9"
-    return bytes(out)
+    return encode_all([frame], quality)[0]
+
+
+def encode_all(frames: Sequence[np.ndarray], quality: int) -> list[bytes]:
+    """`encode` of each frame; frames of one size share their header, which is parsed once."""
+    out, layout = [], {}
+    for frame in frames:
+        height, width = frame.shape[:2]
+        bands = [
+            simplejpeg.encode_jpeg(
+                np.ascontiguousarray(frame[top : top + 16]), quality=quality, colorspace="RGB", colorsubsampling="420"
+            )
+            for top in range(0, height, 16)
+        ]
+        first = bands[0]
+        if (height, width) not in layout or not first.startswith(layout[height, width][0]):
+            layout[height, width] = _layout(first, height, width)
+        _, head, sof, scan = layout[height, width]
+        pieces = [head]
+        for k, band in enumerate(bands):
+            # Rows share the whole-frame tables; only the height differs (the last row may be shorter).
+            if band[: sof + 5] != first[: sof + 5] or band[sof + 7 : scan] != first[sof + 7 : scan]:
+                raise ValueError("the encoder wrote different tables for rows of one frame")
+            if k:
+                pieces.append(_RESTART_MARKERS[(k - 1) % 8])
+            pieces.append(band[scan:-2] if band.endswith(b"\xff\xd9") else band[scan : band.rindex(b"\xff\xd9")])
+        pieces.append(b"\xff\xd9")
+        out.append(b"".join(pieces))
+    return out
+
+
+def _layout(first_band: bytes, height: int, width: int) -> tuple[bytes, bytes, int, int]:
+    """From a frame's first band: (the band's header, the frame's header (its full height and a restart
+    interval of one MCU row), the SOF offset, the offset of the scan data)."""
+    header = Header.parse(first_band)
+    sof, scan = header.sof, len(header.prefix)
+    sos = first_band.rindex(b"\xff\xda", 0, scan)
+    dri = b"\xff\xdd\x00\x04" + struct.pack(">H", -(-width // header.mcu_width))
+    head = first_band[: sof + 5] + struct.pack(">H", height) + first_band[sof + 7 : sos] + dri + first_band[sos:scan]
+    return header.prefix, head, sof, scan
 
 
 @dataclasses.dataclass(frozen=True)

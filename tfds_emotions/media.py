@@ -115,7 +115,7 @@ def audio_features(samples: np.ndarray, opts: MediaOptions) -> np.ndarray:
 
 def encode_frames(frames: Sequence[np.ndarray], quality: int) -> list[bytes]:
     """4:2:0 JPEGs with a restart marker per MCU row, so that a clip's crop decodes only its rows."""
-    return [jpeg_rows.encode(f, quality) for f in frames]
+    return jpeg_rows.encode_all(frames, quality)
 
 
 def _fields(
