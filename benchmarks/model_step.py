@@ -1,14 +1,19 @@
 r"""Model speed: the Video Swin-T branch against torchvision's swin3d_t, and the full model's train step.
 
   python benchmarks/model_step.py                 # CPU: ours vs torchvision, one clip (16 snippets)
-  python benchmarks/model_step.py --full --batch 32 --bf16   # accelerator: full AV-CANet train step, MFU
+  python benchmarks/model_step.py --full --batch 32 --bf16   # accelerator: full AV-CANet train step, MFU,
+      # and the Swin-T branch's train step side by side with torchvision's swin3d_t (eager, torch.compile)
 
 CPU mode times forward (eval) and forward+backward (train mode, loss = sum of features) of the
 backbone on one clip's 16 snippets of 8 x 112 x 112, ours under `jax.jit` and torchvision's in eager
 PyTorch with the same thread count, and prints both, their ratio, parameter counts without heads, and
 XLA's FLOPs per clip. `--full` times a whole training step (forward, EP-CE over three heads, backward,
-AdamW) at the paper's shapes and reports model FLOPs utilisation against `--peak_tflops`.
-The last line is a JSON object.
+AdamW) at the paper's shapes and reports model FLOPs utilisation against `--peak_tflops`; then the
+Swin-T branch's own train step (a 6-class head on the pooled features, cross-entropy, AdamW) on
+batch x `--snippets` snippets, ours and, when PyTorch is installed, torchvision's `swin3d_t` in eager
+mode and under `torch.compile`, at the same shape and precision (bf16: autocast) on the same device,
+with clips/s, MFU and ours/theirs. `--trace DIR` writes a `jax.profiler` trace of a few of our full
+steps. The last line is a JSON object.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from avcanet_jax import losses
+from avcanet_jax import losses, runtime
 from avcanet_jax.avcanet import AVCANet, ModelConfig
+from avcanet_jax.layers import BF16, FP32
 from avcanet_jax.swin3d import SWIN_SIZES, SwinTransformer3d
 
 EMOTIONS_CLASS_POLARITY = np.array([0, 2, 1, 0, 2, 2], np.int32)  # Excitation..Tension (SPEC §1).
@@ -107,7 +113,9 @@ def torchvision_backbone(x: np.ndarray, repeats: int, threads: int):
     return best_time(forward, repeats), best_time(fwd_bwd, repeats), params
 
 
-def full_step(batch: int, bf16: bool, remat: bool, repeats: int, peak_tflops: float, attention: str = "xla"):
+def full_step(
+    batch: int, bf16: bool, remat: bool, repeats: int, peak_tflops: float, attention: str = "xla", trace=None
+):
     cfg = ModelConfig(swin=dataclasses.replace(SWIN_SIZES["tiny"], attention=attention), bfloat16=bf16, remat=remat)
     model = AVCANet(cfg, nnx.Rngs(params=0, dropout=1))
     optimizer = nnx.Optimizer(model, optax.adamw(1.5e-4, weight_decay=0.02), wrt=nnx.Param)
@@ -132,9 +140,107 @@ def full_step(batch: int, bf16: bool, remat: bool, repeats: int, peak_tflops: fl
     graphdef, state = nnx.split(reference)
     fwd_flops = flops_of(jax.jit(lambda s, v, a: nnx.merge(graphdef, s)(v, a)["logits"]), state, video, audio)
     step_s = best_time(lambda: jax.block_until_ready(step(model, optimizer, video, audio, labels)), repeats)
+    if trace:  # Open in TensorBoard's profile plugin or Perfetto.
+        with jax.profiler.trace(trace):
+            for _ in range(3):
+                jax.block_until_ready(step(model, optimizer, video, audio, labels))
     model_flops = 3 * fwd_flops  # Forward + backward (2x forward) model FLOPs, no recompute counted.
     mfu = model_flops / step_s / (peak_tflops * 1e12)
     return step_s, fwd_flops, mfu
+
+
+def swin_step_ours(batch: int, snippets: int, bf16: bool, repeats: int, attention: str):
+    """Seconds per train step of our Swin-T branch on [batch * snippets, 8, 112, 112, 3], and its model
+    FLOPs (forward + backward = 3x the reference attention's forward, from XLA's lowering)."""
+    cfg = dataclasses.replace(SWIN_SIZES["tiny"], attention=attention)
+    precision = BF16 if bf16 else FP32
+
+    class Classifier(nnx.Module):
+        def __init__(self, cfg, rngs):
+            self.swin = SwinTransformer3d(cfg, rngs, precision)
+            self.head = nnx.Linear(cfg.num_features, 6, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.swin(x).mean(axis=(1, 2, 3)).astype(jnp.float32))
+
+    model = Classifier(cfg, nnx.Rngs(params=0, dropout=1))
+    optimizer = nnx.Optimizer(model, optax.adamw(1.5e-4, weight_decay=0.02), wrt=nnx.Param)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (batch * snippets, 8, 112, 112, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 6, batch * snippets))
+
+    @nnx.jit
+    def step(model, optimizer, x, labels):
+        def loss_fn(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    reference = Classifier(SWIN_SIZES["tiny"], nnx.Rngs(params=0, dropout=1))
+    graphdef, state = nnx.split(reference)
+    fwd_flops = flops_of(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)), state, x)
+    return best_time(lambda: jax.block_until_ready(step(model, optimizer, x, labels)), repeats), 3 * fwd_flops
+
+
+def swin_step_torchvision(batch: int, snippets: int, bf16: bool, repeats: int, compiled: bool):
+    """Seconds per train step of torchvision's swin3d_t with a 6-class head (same loss and optimizer), or
+    None without PyTorch. On the GPU when there is one; eager, or under `torch.compile`."""
+    try:
+        import torch
+        import torchvision
+    except ImportError:
+        return None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = torchvision.models.video.swin3d_t()
+    model.head = torch.nn.Linear(model.head.in_features, 6)
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, weight_decay=0.02)
+    generator = np.random.default_rng(0)
+    x = torch.from_numpy(generator.uniform(-1, 1, (batch * snippets, 3, 8, 112, 112)).astype(np.float32)).to(device)
+    labels = torch.from_numpy(generator.integers(0, 6, batch * snippets)).to(device)
+    forward = torch.compile(model) if compiled else model
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(forward(x).float(), labels)
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # torch.compile compiles on its first steps; `best_time` warms up once more.
+    return best_time(step, repeats)
+
+
+def side_by_side(args) -> dict:
+    """Our Swin-T branch's train step against torchvision's, printed and returned for the JSON line."""
+    clips = args.batch
+    ours_s, model_flops = swin_step_ours(args.batch, args.snippets, args.bf16, args.repeats, args.attention)
+    peak = args.peak_tflops * 1e12
+    out = {"swin_step_ms_ours": round(ours_s * 1e3, 2), "swin_clips_per_s_ours": round(clips / ours_s, 1),
+           "swin_mfu_ours": round(model_flops / ours_s / peak, 4)}  # fmt: skip
+    print(f"Swin-T branch train step, {clips} clips x {args.snippets} snippets, bf16={args.bf16}:")
+    print(
+        f"  ours ({args.attention}): {ours_s * 1e3:.1f} ms, {clips / ours_s:.1f} clips/s, "
+        f"MFU {out['swin_mfu_ours']:.1%}"
+    )
+    for name, compiled in (("eager", False), ("torch.compile", True)):
+        theirs = None
+        if not args.no_torchvision:
+            theirs = swin_step_torchvision(args.batch, args.snippets, args.bf16, args.repeats, compiled)
+        if theirs is None:
+            print("  torchvision: not run (pip install torch torchvision to compare)")
+            break
+        key = "compiled" if compiled else "eager"
+        out.update({f"swin_step_ms_torchvision_{key}": round(theirs * 1e3, 2),
+                    f"swin_mfu_torchvision_{key}": round(model_flops / theirs / peak, 4),
+                    f"swin_speedup_vs_torchvision_{key}": round(theirs / ours_s, 3)})  # fmt: skip
+        print(f"  torchvision swin3d_t, {name}: {theirs * 1e3:.1f} ms, {clips / theirs:.1f} clips/s, "
+              f"MFU {model_flops / theirs / peak:.1%}; ours runs at {theirs / ours_s:.2f}x its speed")  # fmt: skip
+    return out
 
 
 def main():
@@ -146,13 +252,19 @@ def main():
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--attention", default="xla", choices=("xla", "dot_product", "pallas"), help="window attention")
     parser.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--snippets", type=int, default=16, help="snippets per clip in the side-by-side step")
+    parser.add_argument("--no_torchvision", action="store_true", help="skip torchvision in --full")
+    parser.add_argument("--trace", default=None, help="--full: write a jax.profiler trace of our step here")
     args = parser.parse_args()
+    # Without TPU chips, keep JAX off libtpu (installed by the test extra): its profiler plugin crashes
+    # `jax.profiler.trace` on other machines ("Unexpected PLUGIN_Profiler_Api size").
+    runtime.leave_out_absent_tpus()
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
 
     if args.full:
         step_s, fwd_flops, mfu = full_step(
-            args.batch, args.bf16, args.remat, args.repeats, args.peak_tflops, args.attention
+            args.batch, args.bf16, args.remat, args.repeats, args.peak_tflops, args.attention, args.trace
         )
         clips_s = args.batch / step_s
         print(
@@ -162,6 +274,7 @@ def main():
         print(
             f"forward FLOPs per clip (XLA): {fwd_flops / args.batch / 1e9:.1f} G; {clips_s:.0f} clips/s; MFU {mfu:.1%}"
         )
+        swin = side_by_side(args)
         print(
             json.dumps(
                 {
@@ -174,6 +287,7 @@ def main():
                     "clips_per_s": round(clips_s, 1),
                     "gflops_forward_per_clip": round(fwd_flops / args.batch / 1e9, 2),
                     "mfu": round(mfu, 4),
+                    **swin,
                 }
             )
         )
