@@ -86,6 +86,7 @@ def model_flops(c) -> float:
     c = c.copy_and_resolve_references()
     with c.unlocked():
         c.model.attention = "xla"
+        del c.model["remat"]  # Re-added: an override such as "dots" has fixed the field's type to str.
         c.model.remat = False
         c.mesh.axes = {axis: 1 for axis in c.mesh.axes}
     lowered, _ = lower_train_step(c, jax.devices("cpu")[:1])

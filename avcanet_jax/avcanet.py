@@ -17,7 +17,7 @@ from flax import nnx
 from avcanet_jax.fusion import FusionConfig, GlobalFusion, LocalFusion
 from avcanet_jax.layers import BF16, FP32, Precision, constrain, torch_linear
 from avcanet_jax.resnet import AUDIO_STEM, ResNet, batch_norm
-from avcanet_jax.swin3d import SWIN_SIZES, SwinConfig, SwinTransformer3d
+from avcanet_jax.swin3d import SWIN_SIZES, SwinConfig, SwinTransformer3d, remat_policy
 
 FUSIONS = ("concat", "sum", "gated", "film")
 MODALITIES = ("audio_visual", "audio", "visual")
@@ -39,7 +39,8 @@ class ModelConfig:
       use_local, use_global: the LGF ablations (without global, segments are mean-pooled).
       lgf: Local-Global Fusion hyper-parameters.
       bfloat16: compute in bfloat16 with float32 parameters.
-      remat: recompute Swin blocks' activations in the backward pass.
+      remat: recompute Swin blocks' activations in the backward pass: False, True / "full", or "dots"
+        (keep the Linear layers' outputs; see `swin3d.REMAT_POLICIES`).
     """
 
     num_classes: int = 6
@@ -54,9 +55,10 @@ class ModelConfig:
     use_global: bool = True
     lgf: FusionConfig = FusionConfig()
     bfloat16: bool = False
-    remat: bool = False
+    remat: bool | str = False
 
     def __post_init__(self):
+        remat_policy(self.remat)  # Raises, naming model.remat, on an unknown policy.
         if self.fusion not in FUSIONS:
             raise ValueError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.modalities not in MODALITIES:

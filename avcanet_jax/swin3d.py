@@ -255,14 +255,32 @@ class PatchEmbed3d(nnx.Module):
         return self.norm(self.proj(x))
 
 
+# What a rematerialised Swin block keeps from its forward pass (`jax.checkpoint` policies): nothing, or
+# the outputs of its matrix products without batch dimensions (the qkv, output and MLP projections; the
+# attention itself, LayerNorms, GELU and residuals are recomputed).
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def remat_policy(remat: bool | str) -> str | None:
+    """The REMAT_POLICIES key of a `remat` setting (False/None: no rematerialisation, True: "full")."""
+    if remat is False or remat is None or remat == "none":
+        return None
+    if remat is True:
+        return "full"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"model.remat must be False, True or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    return remat
+
+
 class SwinTransformer3d(nnx.Module):
     """The backbone without a head: [B, T, H, W, 3] -> [B, T', H', W', num_features] (final LayerNorm applied).
 
-    `remat` recomputes each block's activations in the backward pass instead of storing them.
+    `remat` recomputes each block's activations in the backward pass instead of storing them: all of
+    them ("full" or True), or all but the outputs of its Linear layers ("dots"; see REMAT_POLICIES).
     """
 
-    def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs, precision: Precision = FP32, remat: bool = False):
-        self.cfg, self.remat = cfg, remat
+    def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs, precision: Precision = FP32, remat: bool | str = False):
+        self.cfg, self.remat = cfg, remat_policy(remat)
         self.patch_embed = PatchEmbed3d(cfg, rngs, precision)
         self.pos_drop = nnx.Dropout(cfg.dropout, rngs=rngs)
         total = sum(cfg.depths)
@@ -290,7 +308,11 @@ class SwinTransformer3d(nnx.Module):
                 with jax.named_scope(f"stage{i + 1}"):
                     for j, block in enumerate(blocks):
                         with jax.named_scope(f"block{j}"):
-                            x = nnx.remat(type(block).__call__)(block, x) if self.remat else block(x)
+                            if self.remat is None:
+                                x = block(x)
+                            else:
+                                policy = REMAT_POLICIES[self.remat]
+                                x = nnx.remat(type(block).__call__, policy=policy)(block, x)
                     if i < len(self.merges):
                         with jax.named_scope("merge"):
                             x = self.merges[i](x)

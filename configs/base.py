@@ -44,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.faithful_level_weights = True
     c.model.faithful_clone_init = True  # The pyramid's q/k/v/out and feed-forwards start equal, as the authors'.
     c.model.bfloat16 = False
-    c.model.remat = False
+    # Recompute Swin blocks in the backward pass: False, True ("full") or "dots" (keep matmul outputs).
+    c.model.remat = ml_collections.FieldReference(False, field_type=object)
     # Window attention: "auto" (the Pallas kernel on TPUs, "xla" elsewhere), "xla" (the reference),
     # "dot_product" (jax.nn.dot_product_attention) or "pallas" (the TPU kernel, scores kept on chip;
     # interpreted off TPUs, for tests). See avcanet_jax/window_attention.py and the README's benchmarks.

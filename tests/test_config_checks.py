@@ -33,6 +33,7 @@ def test_shipped_configs_validate(module):
         (lambda c: setattr(c, "grad_accumulation", 0), "config.grad_accumulation"),
         (lambda c: c.optimizer.update(lr=0.0), "config.optimizer.lr"),
         (lambda c: c.model.update(attention="cudnn"), "config.model.attention"),
+        (lambda c: c.model.update(remat="selective"), "config.model.remat"),
     ],
 )
 def test_broken_config_names_the_field(change, field):

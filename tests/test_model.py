@@ -142,7 +142,8 @@ def test_bfloat16_compute_keeps_float32_parameters():
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
 
 
-def test_remat_gives_the_same_gradients():
+@pytest.mark.parametrize("remat", [True, "dots"])
+def test_remat_gives_the_same_gradients(remat):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 32, 32, 3)), jnp.float32)
 
     def grads(remat):
@@ -151,7 +152,7 @@ def test_remat_gives_the_same_gradients():
         g = nnx.jit(nnx.grad(lambda m: (m(x) ** 2).sum()))(model)
         return jax.tree.leaves(nnx.state(g, nnx.Param))
 
-    for x, y in zip(grads(False), grads(True), strict=True):
+    for x, y in zip(grads(False), grads(remat), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
