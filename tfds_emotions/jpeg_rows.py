@@ -27,9 +27,7 @@ import simplejpeg
 
 _SOF_BASELINE = (0xC0, 0xC1)  # Huffman-coded sequential DCT; progressive scans cannot be cut by row.
 _RESTART = re.compile(rb"\xff[\xd0-\xd7]")  # Entropy-coded data escapes 0xFF as FF00, so these are markers.
-
-
-_RESTART_MARKERS = [bytes((0xFF, 0xD0 + k)) for k in range(8)]
+_RESTART_MARKERS = [bytes((0xFF, 0xD0 + k)) for k in range(8)]  # RST0..RST7, used in turn.
 
 
 def encode(frame: np.ndarray, quality: int) -> bytes:
