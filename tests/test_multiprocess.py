@@ -52,8 +52,10 @@ def _run_job(cmd: list[str], processes: int, devices_per_process: int, timeout: 
     finally:
         for p in procs:  # One process failing leaves the others waiting in a collective.
             p.kill()
-    for i, (p, (_, err)) in enumerate(zip(procs, outputs, strict=True)):
-        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{err[-5000:]}"
+    if any(p.returncode for p in procs):  # Every process's end: the one that failed first may look fine.
+        report = "\n".join(f"--- process {i} exited {p.returncode}:\n{err[-4000:]}"
+                            for i, (p, (_, err)) in enumerate(zip(procs, outputs, strict=True)))  # fmt: skip
+        raise AssertionError(report)
     return outputs
 
 
