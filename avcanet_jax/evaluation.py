@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 
 from avcanet_jax import input_pipeline, train_step
 from avcanet_jax.metrics import classification_metrics
+from avcanet_jax.workdir import replace_file
 
 
 def evaluate(
@@ -109,12 +110,10 @@ def prediction_rows(labels, outputs, identity, class_names, class_polarity) -> l
 
 
 def write_json(path: str, obj) -> None:
-    """Writes `obj` as JSON from process 0 only."""
+    """Writes `obj` as JSON from process 0 only, whole or not at all (`workdir.replace_file`)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
+    replace_file(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def plot_confusion(metrics: dict, class_names: Sequence[str], path: str, title: str = "") -> None:

@@ -26,6 +26,17 @@ CONFIG_HISTORY = "config_history.jsonl"
 TRAIN_HISTORY = "train_history.json"
 
 
+def replace_file(path: str, text: str) -> None:
+    """Writes `path` whole or not at all (a temporary file, then a rename). Other processes of the job
+    read `config.json` while process 0 rewrites it; a plain rewrite let one of them read it truncated
+    (seen once in CI: that process stopped, and the other timed out waiting for it)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(temporary, path)
+
+
 def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
     """The config the workdir's latest run started with, or None for a workdir without one."""
     path = os.path.join(workdir, CONFIG)
@@ -129,10 +140,8 @@ def record_start(workdir: str, c, step: int) -> list[str]:
     previous = saved_config(workdir)
     changed = list(config_diff(previous, c)) if previous is not None else []
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
         text = c.to_json_best_effort(indent=1, sort_keys=True)
-        with open(os.path.join(workdir, CONFIG), "w", encoding="utf-8") as fh:
-            fh.write(text)
+        replace_file(os.path.join(workdir, CONFIG), text)
         entry = {"start_step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": json.loads(text)}
         with open(os.path.join(workdir, CONFIG_HISTORY), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry, sort_keys=True) + "\n")

@@ -84,3 +84,32 @@ def test_the_command_line_names_the_fields_that_differ_in_two_lines(copy_of_trai
     assert len(errors) <= 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "avcanet_jax.main: error: " in errors[-1] and "config.model.resnet_width is 16 here but 8" in errors[-1]
     assert _digest(copy_of_trained) == before
+
+
+def test_files_other_processes_read_are_replaced_whole(tmp_path):
+    """Process 0 rewrites config.json while the job's other processes read it: a reader must see the old
+    file or the new one, never a truncated one (a truncated read once stopped a process in CI)."""
+    import threading
+
+    from avcanet_jax.workdir import replace_file
+
+    path = str(tmp_path / "config.json")
+    replace_file(path, json.dumps({"n": 0, "pad": "x" * 100_000}))
+    errors, done = [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    json.load(fh)
+            except ValueError as e:
+                errors.append(e)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for n in range(300):
+        replace_file(path, json.dumps({"n": n, "pad": "x" * 100_000}))
+    done.set()
+    reader.join()
+    assert not errors and json.load(open(path))["n"] == 299
+    assert os.listdir(tmp_path) == ["config.json"]  # No temporary file left behind.
