@@ -1,8 +1,8 @@
 """The Grain input pipeline: a built `emotions` dataset into global, sharded batches of clips.
 
-  tfds.data_source -> grain.MapDataset -> seeded shuffle (reshuffled each epoch) -> TSN sampling,
-  crop and augmentation -> this process's share of each global batch -> multiprocess prefetch ->
-  `jax.Array`s laid out by a mesh sharding.
+  ArrayRecord files (`records.ClipRecords`) -> grain.MapDataset -> seeded shuffle (reshuffled each
+  epoch) -> TSN sampling, crop (only the crop's rows decoded) and augmentation -> this process's share
+  of each global batch -> multiprocess prefetch -> `jax.Array`s laid out by a mesh sharding.
 
 Training data is one global stream, the same for any number of processes: element i of the shuffled,
 repeated split is augmented with a seed derived from i, global batch k is elements [kG, (k+1)G), and
