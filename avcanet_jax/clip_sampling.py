@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
-import simplejpeg
 
 from tfds_emotions import jpeg_rows
 
@@ -105,10 +104,10 @@ def make_eval_views(jpegs: Sequence[bytes], spec: ClipSpec, temporal_views: int 
     """uint8 [temporal_views * spatial_views, S, F, crop, crop, 3]: the evaluation clip of every view
     (temporal-major), each distinct frame decoded once. One view (1 x 1) is `make_video(..., rng=None)`."""
     idx = np.stack([tsn_indices(len(jpegs), spec, None, t, temporal_views) for t in range(temporal_views)])
-    height, width = frame_size(jpegs)
-    boxes = [view_crop_box(height, width, v, spatial_views) for v in range(spatial_views)]
+    header = jpeg_rows.Header.parse(jpegs[0])
+    boxes = [view_crop_box(header.height, header.width, v, spatial_views) for v in range(spatial_views)]
     first, stop = min(b[0] for b in boxes), max(b[0] + b[2] for b in boxes)
-    decoded = decode_frames(jpegs, idx, (first, stop))
+    decoded = decode_frames(jpegs, idx, (first, stop), header)
     shape = (spec.num_segments, spec.frames_per_segment, spec.crop_size, spec.crop_size, 3)
     crops = []  # Per spatial view: every decoded frame cropped and resized once.
     for top, left, side in boxes:
@@ -129,21 +128,13 @@ def eval_video(jpegs: Sequence[bytes], spec: ClipSpec, views: tuple[int, int] = 
     return make_eval_views(jpegs, spec, *views)
 
 
-def frame_size(jpegs: Sequence[bytes]) -> tuple[int, int]:
-    """(height, width) of a video's stored frames (all of one size), from the first one's header."""
-    height, width, _, _ = simplejpeg.decode_jpeg_header(jpegs[0])
-    return height, width
-
-
 def decode_frames(
-    jpegs: Sequence[bytes], wanted: np.ndarray, rows: tuple[int, int] | None = None
+    jpegs: Sequence[bytes], wanted: np.ndarray, rows: tuple[int, int], header: jpeg_rows.Header
 ) -> dict[int, np.ndarray]:
-    """Each distinct wanted frame decoded once (short videos repeat indices after loop padding): pixel
-    rows [rows[0], rows[1]) of it, or all. Frames stored with a restart marker per MCU row (builder 2.0.0)
-    decode only the rows that hold them; the pixels are the same either way."""
-    if rows is None:
-        return {int(i): simplejpeg.decode_jpeg(jpegs[int(i)], colorspace="RGB") for i in np.unique(wanted)}
-    header = jpeg_rows.Header.parse(jpegs[0])  # Shared by the video's frames: parsed once.
+    """Pixel rows [rows[0], rows[1]) of each distinct wanted frame, decoded once (short videos repeat
+    indices after loop padding). `header` is the first frame's: a video's frames share one size and one
+    header. Frames stored with a restart marker per MCU row (builder 2.0.0) decode only the rows that
+    hold them; the pixels are the same either way."""
     return {int(i): jpeg_rows.decode_rows(jpegs[int(i)], *rows, header) for i in np.unique(wanted)}
 
 
@@ -162,17 +153,17 @@ def make_video(
     Eval (rng None): centre crop, no augmentation; equals "resize short side, centre crop".
     """
     idx = tsn_indices(len(jpegs), spec, rng)
-    height, width = frame_size(jpegs)
+    header = jpeg_rows.Header.parse(jpegs[0])
     position = CROP_POSITIONS[rng.integers(len(CROP_POSITIONS))] if rng is not None else "center"
     aug = None
     if rng is not None and rng.random() < spec.augment_prob:
         aug = AUGMENTATIONS[rng.integers(len(AUGMENTATIONS))]
     angle = float(rng.uniform(-spec.max_rotation, spec.max_rotation)) if aug == "rotate" else 0.0
     factor = float(rng.uniform(*spec.brightness_range)) if aug == "brightness" else 1.0
-    top, left, side = square_crop_box(height, width, position)
+    top, left, side = square_crop_box(header.height, header.width, position)
 
     frames = {}
-    for i, rows in decode_frames(jpegs, idx, (top, top + side)).items():
+    for i, rows in decode_frames(jpegs, idx, (top, top + side), header).items():
         crop = _resize(rows[:, left : left + side], spec.crop_size)
         if aug == "rotate":
             crop = np.asarray(PIL.Image.fromarray(crop).rotate(angle))  # Nearest, as PIL and torchvision default.

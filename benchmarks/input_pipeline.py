@@ -100,7 +100,8 @@ def breakdown(source: ip.ClipRecords, spec: ClipSpec, n: int) -> dict[str, float
     slicing the crops out, and the audio."""
     from array_record.python.array_record_module import ArrayRecordReader
 
-    from avcanet_jax.clip_sampling import _resize, decode_frames, frame_size, square_crop_box, tsn_indices
+    from avcanet_jax.clip_sampling import _resize, decode_frames, square_crop_box, tsn_indices
+    from tfds_emotions.jpeg_rows import Header
 
     paths = source.dataset_info.splits["train"].filepaths
     reader = ArrayRecordReader(str(paths[0]), "readahead_buffer_size:0")
@@ -110,10 +111,11 @@ def breakdown(source: ip.ClipRecords, spec: ClipSpec, n: int) -> dict[str, float
     read_ms = 1e3 / timed(lambda i: source[i % len(source)], n)
     example = source[0]
     idx = tsn_indices(len(example["frames"]), spec, np.random.default_rng(0))
-    top, left, side = square_crop_box(*frame_size(example["frames"]), "center")
-    rows_ms = 1e3 / timed(lambda i: decode_frames(example["frames"], idx, (top, top + side)), n)
-    whole_ms = 1e3 / timed(lambda i: decode_frames(example["frames"], idx), n)
-    decoded = decode_frames(example["frames"], idx, (top, top + side))
+    header = Header.parse(example["frames"][0])
+    top, left, side = square_crop_box(header.height, header.width, "center")
+    rows_ms = 1e3 / timed(lambda i: decode_frames(example["frames"], idx, (top, top + side), header), n)
+    whole_ms = 1e3 / timed(lambda i: decode_frames(example["frames"], idx, (0, header.height), header), n)
+    decoded = decode_frames(example["frames"], idx, (top, top + side), header)
     crop_ms = 1e3 / timed(lambda i: [_resize(f[:, left : left + side], spec.crop_size) for f in decoded.values()], n)
     audio_ms = 1e3 / timed(lambda i: make_audio(example["audio"], spec), n)
     return {

@@ -60,7 +60,7 @@ def encode_all(frames: Sequence[np.ndarray], quality: int) -> list[bytes]:
                 raise ValueError("the encoder wrote different tables for rows of one frame")
             if k:
                 pieces.append(_RESTART_MARKERS[(k - 1) % 8])
-            pieces.append(band[scan:-2] if band.endswith(b"\xff\xd9") else band[scan : band.rindex(b"\xff\xd9")])
+            pieces.append(band[scan : band.rindex(b"\xff\xd9")])
         pieces.append(b"\xff\xd9")
         out.append(b"".join(pieces))
     return out

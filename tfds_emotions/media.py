@@ -113,11 +113,6 @@ def audio_features(samples: np.ndarray, opts: MediaOptions) -> np.ndarray:
     return np.ascontiguousarray(feats.T[: opts.max_audio_frames], dtype=np.float32)
 
 
-def encode_frames(frames: Sequence[np.ndarray], quality: int) -> list[bytes]:
-    """4:2:0 JPEGs with a restart marker per MCU row, so that a clip's crop decodes only its rows."""
-    return jpeg_rows.encode_all(frames, quality)
-
-
 def _fields(
     frames: list[np.ndarray],
     times: list[float],
@@ -139,7 +134,8 @@ def _fields(
     has_audio = samples is not None and samples.size > 0
     feats = audio_features(samples, opts) if has_audio else np.zeros((0, opts.audio_dim), np.float32)
     return {
-        "frames": encode_frames(frames, opts.jpeg_quality),
+        # 4:2:0 JPEGs with a restart marker per MCU row, so that a clip's crop decodes only its rows.
+        "frames": jpeg_rows.encode_all(frames, opts.jpeg_quality),
         "timestamps": np.asarray(times, np.float32),
         "audio": feats,
         "has_audio": bool(has_audio),
