@@ -1,12 +1,17 @@
 """Window attention of Video Swin: softmax(q k^T / sqrt(d) + relative bias + shift mask) v, per window and head.
 
-Three implementations of one function, `attention(qkv, bias, mask, heads, impl)`:
+Four implementations of one function, `attention(qkv, bias, mask, heads, impl)`:
 
 - "xla": plain jnp, the reference; XLA writes every [windows, heads, V, V] score tensor (and, in the
   backward pass, its gradient) to memory. Stage 1 of Swin-T has 196-token windows, so at 2 clips per
   chip one layer's scores are 236 MB in float32; on a TPU v5e this path is most of the train step.
 - "dot_product": `jax.nn.dot_product_attention` with windows folded into the head axis. Same numbers;
   JAX picks XLA's implementation unless told otherwise, so it moves the same bytes.
+- "cudnn": the same call with `implementation="cudnn"`: cuDNN's fused (flash) attention on NVIDIA GPUs,
+  which keeps the scores on chip, adds the bias inside and returns the bias gradient. It needs bf16 or
+  fp16 inputs and an even window volume in training (196 is), and runs nowhere else. Unshifted blocks
+  keep windows as the batch axis with one [1, heads, V, V] bias; shifted blocks fold windows into heads
+  so that each window's mask is part of a batch-1 bias.
 - "pallas": a Pallas TPU kernel per block of windows, forward and backward, that keeps each window's
   scores in on-chip memory. A window's full score row is there, so the backward pass recomputes the
   softmax instead of saving it, and the bias gradient (the sum over windows of the score gradient) is
@@ -33,7 +38,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from avcanet_jax.layers import DEFAULT_RULES
 
-IMPLEMENTATIONS = ("xla", "dot_product", "pallas")
+IMPLEMENTATIONS = ("xla", "dot_product", "cudnn", "pallas")
 # Per grid step the kernel holds a block of windows in VMEM, with several float32 [block, V, V] score-sized
 # arrays live per head in the backward pass; this bounds one of them (8 windows of 196 tokens), and
 # VMEM_LIMIT lifts the compiler's default scoped-VMEM limit enough for all of them.
@@ -60,18 +65,23 @@ def reference(qkv: jax.Array, bias: jax.Array, mask, heads: int, dropout=None) -
     return jnp.einsum("nhqk,nhkd->nhqd", attn, v).transpose(0, 2, 1, 3).reshape(n, vol, -1)
 
 
-def dot_product(qkv: jax.Array, bias: jax.Array, mask, heads: int) -> jax.Array:
-    """Through `jax.nn.dot_product_attention`: windows folded into heads, [B, V, nW * heads, d], so the
-    per-window mask and the relative bias become one [1, nW * heads, V, V] bias."""
+def dot_product(qkv: jax.Array, bias: jax.Array, mask, heads: int, implementation: str | None = None) -> jax.Array:
+    """Through `jax.nn.dot_product_attention` ([batch, V, heads, d] operands). Without a mask the windows
+    are the batch and the relative bias is one [1, heads, V, V] array; with one, windows are folded into
+    heads, [B, V, nW * heads, d], so the per-window mask and the relative bias become one
+    [1, nW * heads, V, V] bias (the cuDNN kernel takes a bias of batch 1 or B, not one per window)."""
     n, vol, c3 = qkv.shape
-    nw = mask.shape[0] if mask is not None else 1
-    b, head_dim = n // nw, c3 // 3 // heads
+    head_dim = c3 // 3 // heads
+    call = functools.partial(jax.nn.dot_product_attention, scale=head_dim**-0.5, implementation=implementation)
+    if mask is None:
+        qkv = qkv.reshape(n, vol, 3, heads, head_dim)
+        return call(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias=bias.astype(qkv.dtype)[None]).reshape(n, vol, -1)
+    nw = mask.shape[0]
+    b = n // nw
     qkv = qkv.reshape(b, nw, vol, 3, heads, head_dim)
     q, k, v = (qkv[:, :, :, i].transpose(0, 2, 1, 3, 4).reshape(b, vol, nw * heads, head_dim) for i in range(3))
-    full_bias = jnp.broadcast_to(bias.astype(q.dtype), (nw, heads, vol, vol))
-    if mask is not None:
-        full_bias = full_bias + mask.astype(q.dtype)[:, None]
-    out = jax.nn.dot_product_attention(q, k, v, bias=full_bias.reshape(1, nw * heads, vol, vol), scale=head_dim**-0.5)
+    full_bias = bias.astype(q.dtype)[None] + mask.astype(q.dtype)[:, None]
+    out = call(q, k, v, bias=full_bias.reshape(1, nw * heads, vol, vol))
     return out.reshape(b, vol, nw, heads * head_dim).transpose(0, 2, 1, 3).reshape(n, vol, -1)
 
 
@@ -305,6 +315,6 @@ def attention(
         qkv = qkv + qkv_bias.astype(qkv.dtype)
     if impl == "xla":
         return reference(qkv, bias, mask, heads, dropout)
-    if impl == "dot_product":
-        return dot_product(qkv, bias, mask, heads)
+    if impl in ("dot_product", "cudnn"):
+        return dot_product(qkv, bias, mask, heads, "cudnn" if impl == "cudnn" else None)
     raise ValueError(f"window attention implementation {impl!r} is not one of {IMPLEMENTATIONS}")

@@ -112,5 +112,33 @@ def test_blocks_follow_the_mask_period_and_the_score_budget():
 
 def test_an_unknown_implementation_is_refused():
     qkv, bias, _ = _inputs(1, masked=False)
-    with pytest.raises(ValueError, match="cudnn"):
-        wa.attention(qkv, bias, None, HEADS, "cudnn")
+    with pytest.raises(ValueError, match="flash"):
+        wa.attention(qkv, bias, None, HEADS, "flash")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's fused attention runs on NVIDIA GPUs only")
+@pytest.mark.parametrize("masked", [False, True])
+def test_cudnn_equals_the_reference_at_stage_1_shapes(masked):
+    """Swin-T's stage 1 in bf16: 196-token windows (4 x 7 x 7), 3 heads of 32, 16 windows per map, shifted
+    (0, 3, 3) or not; forward and gradients, the relative bias's included, within bf16 rounding of the
+    float32 reference. On a GPU: `python -m pytest --noconftest -o addopts= tests/test_window_attention.py -k cudnn`."""
+    heads, head_dim, nw, vol = 3, 32, 16, 196
+    rng = np.random.default_rng(0)
+    mask = jnp.asarray(shift_mask((4, 28, 28), (4, 7, 7), (0, 3, 3))) if masked else None
+    qkv = jnp.asarray(rng.standard_normal((2 * nw, vol, 3 * heads * head_dim)), jnp.bfloat16)
+    bias = jnp.asarray(rng.standard_normal((heads, vol, vol)), jnp.bfloat16)
+    weights = jnp.cos(jnp.arange(heads * head_dim, dtype=jnp.float32))
+
+    def loss(impl):
+        return lambda q, b: (wa.attention(q, b, mask, heads, impl).astype(jnp.float32) * weights).sum()
+
+    exact = [x.astype(jnp.float32) for x in (qkv, bias)]
+    out = jax.jit(lambda q, b: wa.attention(q, b, mask, heads, "cudnn"))(qkv, bias)
+    assert out.dtype == jnp.bfloat16
+    text = jax.jit(jax.grad(loss("cudnn"), argnums=(0, 1))).lower(qkv, bias).compile().as_text()
+    assert text.count("fmha") >= 2, "cuDNN's fused attention kernels (forward, backward) are not in the program"
+    np.testing.assert_allclose(np.asarray(out, np.float32), wa.reference(*exact, mask, heads), atol=3e-2)
+    got = jax.jit(jax.grad(loss("cudnn"), argnums=(0, 1)))(qkv, bias)
+    want = jax.grad(loss("xla"), argnums=(0, 1))(*exact)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=3e-2 * float(np.abs(w).max()))
