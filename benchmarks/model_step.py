@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -30,9 +31,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from avcanet_jax import losses, runtime
+from avcanet_jax import runtime, sharding, train_step
 from avcanet_jax.avcanet import AVCANet, ModelConfig
-from avcanet_jax.layers import BF16, FP32
+from avcanet_jax.layers import BF16, DEFAULT_RULES, FP32
 from avcanet_jax.swin3d import SWIN_SIZES, SwinTransformer3d
 from avcanet_jax.window_attention import IMPLEMENTATIONS
 
@@ -117,34 +118,41 @@ def torchvision_backbone(x: np.ndarray, repeats: int, threads: int):
 def full_step(
     batch: int, bf16: bool, remat: bool, repeats: int, peak_tflops: float, attention: str = "xla", trace=None
 ):
+    """Seconds per train step of the trainer's own step (`train_step.make_steps`: `jax.jit` on the state
+    pytree, donated, with the loss, metrics and AdamW), its reference forward FLOPs and MFU."""
     cfg = ModelConfig(swin=dataclasses.replace(SWIN_SIZES["tiny"], attention=attention), bfloat16=bf16, remat=remat)
-    model = AVCANet(cfg, nnx.Rngs(params=0, dropout=1))
-    optimizer = nnx.Optimizer(model, optax.adamw(1.5e-4, weight_decay=0.02), wrt=nnx.Param)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    make = train_step.model_and_optimizer(cfg, optax.adamw(1.5e-4, weight_decay=0.02), seed=0)
+    graphdef, abstract_state, create = sharding.sharded_state(make, mesh, DEFAULT_RULES)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    spec = train_step.LossSpec("ep_ce", tuple(EMOTIONS_CLASS_POLARITY.tolist()), (0.5, 0.5, 0.5))
+    step, _ = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec)
     rng = np.random.default_rng(0)
-    video = jnp.asarray(rng.integers(0, 255, (batch, 16, 8, 112, 112, 3), dtype=np.uint8))
-    audio = jnp.asarray(rng.standard_normal((batch, 16, 256, 32)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 6, batch))
-    polarity = jnp.asarray(EMOTIONS_CLASS_POLARITY)
+    inputs = {
+        "video": rng.integers(0, 255, (batch, 16, 8, 112, 112, 3), dtype=np.uint8),
+        "audio": rng.standard_normal((batch, 16, 256, 32)).astype(np.float32),
+        "label": rng.integers(0, 6, batch).astype(np.int32),
+        "mask": np.ones(batch, bool),
+    }
+    inputs = jax.device_put(inputs, batch_sharding)
+    state = create()
 
-    @nnx.jit
-    def step(model, optimizer, video, audio, labels):
-        def loss_fn(model):
-            total, _ = losses.total_loss(model(video, audio), labels, class_polarity=polarity)
-            return total
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
+    def run():
+        nonlocal state
+        state, metrics = step(state, inputs)
+        jax.block_until_ready(metrics)
 
     # Model FLOPs from the reference attention's lowering: a kernel's cost estimate counts its padding.
     reference = AVCANet(dataclasses.replace(cfg, swin=SWIN_SIZES["tiny"]), nnx.Rngs(params=0, dropout=1))
-    graphdef, state = nnx.split(reference)
-    fwd_flops = flops_of(jax.jit(lambda s, v, a: nnx.merge(graphdef, s)(v, a)["logits"]), state, video, audio)
-    step_s = best_time(lambda: jax.block_until_ready(step(model, optimizer, video, audio, labels)), repeats)
-    if trace:  # Open in TensorBoard's profile plugin or Perfetto.
+    ref_graphdef, ref_state = nnx.split(reference)
+    forward = jax.jit(lambda s, v, a: nnx.merge(ref_graphdef, s)(v, a)["logits"])
+    fwd_flops = flops_of(forward, ref_state, inputs["video"], inputs["audio"])
+    step_s = best_time(run, repeats)
+    if trace:  # Summarise with benchmarks/trace_summary.py, or open in TensorBoard's profile plugin / Perfetto.
         with jax.profiler.trace(trace):
             for _ in range(3):
-                jax.block_until_ready(step(model, optimizer, video, audio, labels))
+                run()
     model_flops = 3 * fwd_flops  # Forward + backward (2x forward) model FLOPs, no recompute counted.
     mfu = model_flops / step_s / (peak_tflops * 1e12)
     return step_s, fwd_flops, mfu
@@ -152,7 +160,8 @@ def full_step(
 
 def swin_step_ours(batch: int, snippets: int, bf16: bool, repeats: int, attention: str):
     """Seconds per train step of our Swin-T branch on [batch * snippets, 8, 112, 112, 3], and its model
-    FLOPs (forward + backward = 3x the reference attention's forward, from XLA's lowering)."""
+    FLOPs (forward + backward = 3x the reference attention's forward, from XLA's lowering). Run as the
+    trainer runs its step: `jax.jit` of a pure function of the state pytree, donated."""
     cfg = dataclasses.replace(SWIN_SIZES["tiny"], attention=attention)
     precision = BF16 if bf16 else FP32
 
@@ -166,23 +175,32 @@ def swin_step_ours(batch: int, snippets: int, bf16: bool, repeats: int, attentio
 
     model = Classifier(cfg, nnx.Rngs(params=0, dropout=1))
     optimizer = nnx.Optimizer(model, optax.adamw(1.5e-4, weight_decay=0.02), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(-1, 1, (batch * snippets, 8, 112, 112, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 6, batch * snippets))
 
-    @nnx.jit
-    def step(model, optimizer, x, labels):
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state, x, labels):
+        model, optimizer = nnx.merge(graphdef, state)
+        model.train()
+
         def loss_fn(model):
             return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
-        return loss
+        return nnx.state((model, optimizer)), loss
+
+    def run():
+        nonlocal state
+        state, loss = step(state, x, labels)
+        jax.block_until_ready(loss)
 
     reference = Classifier(SWIN_SIZES["tiny"], nnx.Rngs(params=0, dropout=1))
-    graphdef, state = nnx.split(reference)
-    fwd_flops = flops_of(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)), state, x)
-    return best_time(lambda: jax.block_until_ready(step(model, optimizer, x, labels)), repeats), 3 * fwd_flops
+    ref_graphdef, ref_state = nnx.split(reference)
+    fwd_flops = flops_of(jax.jit(lambda s, x: nnx.merge(ref_graphdef, s)(x)), ref_state, x)
+    return best_time(run, repeats), 3 * fwd_flops
 
 
 def swin_step_torchvision(batch: int, snippets: int, bf16: bool, repeats: int, compiled: bool):

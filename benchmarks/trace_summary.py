@@ -50,7 +50,7 @@ def kernel_times(trace_dir: str) -> tuple[str, dict[tuple[str, str], list]]:
     for plane in planes:
         for line in plane.lines:
             for event in line.events:
-                stats = dict(event.stats)
+                stats = {key: value for key, value in event.stats}
                 if "hlo_op" not in stats:  # Host-side bookkeeping, not device work.
                     continue
                 op = (int(stats.get("program_id", -1)), stats["hlo_op"])
@@ -58,6 +58,18 @@ def kernel_times(trace_dir: str) -> tuple[str, dict[tuple[str, str], list]]:
                 entry[0] += 1
                 entry[1] += event.duration_ns
     return ", ".join(p.name for p in planes), times
+
+
+def _library_part(kernel: str) -> str:
+    """A row for a kernel with no HLO instruction to name its scope."""
+    k = kernel.lower()
+    if "fmha" in k or "sdpa" in k or "matmul_dq" in k or "dot_do_o" in k:
+        return "(cuDNN attention)"
+    if "conv" in k or "nchw" in k or "nhwc" in k:
+        return "(cuDNN convolution)"
+    if "gemm" in k or "nvjet" in k or "cublas" in k:
+        return "(library matmul)"
+    return "(no op_name)"
 
 
 def main():
@@ -83,9 +95,11 @@ def main():
     for (line, name), (_, ns, hlo_op) in times.items():
         if line not in kernel_lines:
             continue
-        op_name = names.get(hlo_op, "")
+        # A kernel XLA generated is named for its fusion; inside a CUDA-graph command buffer that name is
+        # the only link to the HLO. cuDNN/cuBLAS kernels there are known by their library's name only.
+        op_name = names.get(hlo_op, "") or names.get((hlo_op[0], name), "")
         hlo_op = hlo_op[1]
-        parts[step_profile.part_of(op_name, "") if op_name else "(no op_name)"] += ns
+        parts[step_profile.part_of(op_name, "") if op_name else _library_part(name)] += ns
         kernels[(name, hlo_op, op_name)] += ns
     print(f"\n{'part':<28} {'ms/step':>8} {'share':>6}")
     for part, ns in sorted(parts.items(), key=lambda kv: -kv[1]):
