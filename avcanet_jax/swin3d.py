@@ -39,8 +39,9 @@ class SwinConfig:
     """Hyper-parameters of a Video Swin backbone (defaults: Swin-T, as torchvision's swin3d_t).
 
     `attention` picks the window-attention implementation (`avcanet_jax.window_attention`): "xla" (the
-    reference), "dot_product" (`jax.nn.dot_product_attention`) or "pallas" (a TPU kernel that keeps the
-    scores on chip; interpreted elsewhere). Same numbers; only "xla" has attention dropout.
+    reference), "dot_product" (`jax.nn.dot_product_attention`), "cudnn" (the same through cuDNN's fused
+    kernel, GPUs only) or "pallas" (a TPU kernel that keeps the scores on chip; interpreted elsewhere).
+    Same numbers; only "xla" has attention dropout.
     """
 
     patch_size: tuple[int, int, int] = (2, 4, 4)

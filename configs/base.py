@@ -46,9 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.bfloat16 = False
     # Recompute Swin blocks in the backward pass: False, True ("full") or "dots" (keep matmul outputs).
     c.model.remat = ml_collections.FieldReference(False, field_type=object)
-    # Window attention: "auto" (the Pallas kernel on TPUs, "xla" elsewhere), "xla" (the reference),
-    # "dot_product" (jax.nn.dot_product_attention) or "pallas" (the TPU kernel, scores kept on chip;
-    # interpreted off TPUs, for tests). See avcanet_jax/window_attention.py and the README's benchmarks.
+    # Window attention: "auto" (the Pallas kernel on TPUs, "cudnn" on GPUs in bfloat16, else "xla"),
+    # "xla" (the reference), "dot_product" (jax.nn.dot_product_attention, XLA's path), "cudnn" (the same
+    # call through cuDNN's fused kernel; NVIDIA GPUs, bfloat16) or "pallas" (the TPU kernel, scores kept
+    # on chip; interpreted off TPUs, for tests). See avcanet_jax/window_attention.py and the README's benchmarks.
     c.model.attention = "auto"
 
     c.loss = "ep_ce"  # or "ce"

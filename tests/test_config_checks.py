@@ -44,16 +44,31 @@ def test_broken_config_names_the_field(change, field):
     assert str(err.value).startswith(field), str(err.value)
 
 
-def test_auto_attention_is_the_kernel_on_tpus_and_the_reference_elsewhere():
+def test_auto_attention_is_the_kernel_on_tpus_cudnn_on_gpus_in_bfloat16_and_the_reference_elsewhere():
     c = base.get_config()
     assert c.model.attention == "auto"
     assert config_checks.model_config(c, platform="tpu").swin_config.attention == "pallas"
-    assert config_checks.model_config(c, platform="gpu").swin_config.attention == "xla"
+    assert config_checks.model_config(c, platform="gpu").swin_config.attention == "xla"  # float32
     assert config_checks.model_config(c).swin_config.attention == "xla"  # These tests run on CPU.
+    c.model.bfloat16 = True
+    assert config_checks.model_config(c, platform="gpu").swin_config.attention == "cudnn"
+    assert config_checks.model_config(c, platform="cpu").swin_config.attention == "xla"
     with c.unlocked():
         del c.model["attention"]
         c.model.fused_attention = True  # A config.json written before `model.attention` existed.
     assert config_checks.model_config(c).swin_config.attention == "dot_product"
+
+
+@pytest.mark.parametrize(
+    "platform, bfloat16, message",
+    [("cpu", True, "NVIDIA GPUs only"), ("tpu", True, "NVIDIA GPUs only"), ("gpu", False, "bfloat16=True")],
+)
+def test_cudnn_attention_where_it_cannot_run_is_refused_before_compiling(platform, bfloat16, message):
+    c = base.get_config()
+    c.model.attention, c.model.bfloat16 = "cudnn", bfloat16
+    with pytest.raises(config_checks.ConfigError, match=message) as err:
+        config_checks.model_config(c, platform=platform)
+    assert str(err.value).startswith("config.model.attention")
 
 
 @pytest.mark.parametrize("name", sorted(ablations.ABLATIONS))
