@@ -1,19 +1,23 @@
 r"""Model speed: the Video Swin-T branch against torchvision's swin3d_t, and the full model's train step.
 
   python benchmarks/model_step.py                 # CPU: ours vs torchvision, one clip (16 snippets)
-  python benchmarks/model_step.py --full --batch 32 --bf16   # accelerator: full AV-CANet train step, MFU,
-      # and the Swin-T branch's train step side by side with torchvision's swin3d_t (eager, torch.compile)
+  python benchmarks/model_step.py --full --batch 32 --bf16 --attention cudnn,xla   # GPU: full AV-CANet
+      # train step, MFU, and the Swin-T branch's train step side by side with torchvision's swin3d_t
 
 CPU mode times forward (eval) and forward+backward (train mode, loss = sum of features) of the
 backbone on one clip's 16 snippets of 8 x 112 x 112, ours under `jax.jit` and torchvision's in eager
 PyTorch with the same thread count, and prints both, their ratio, parameter counts without heads, and
-XLA's FLOPs per clip. `--full` times a whole training step (forward, EP-CE over three heads, backward,
-AdamW) at the paper's shapes and reports model FLOPs utilisation against `--peak_tflops`; then the
+XLA's FLOPs per clip. `--full` times the trainer's own train step (`train_step.make_steps`: forward,
+EP-CE over three heads, backward, AdamW, under `jax.jit` with the state donated) at the paper's shapes
+for each `--attention` named, and reports model FLOPs utilisation against `--peak_tflops`; then the
 Swin-T branch's own train step (a 6-class head on the pooled features, cross-entropy, AdamW) on
-batch x `--snippets` snippets, ours and, when PyTorch is installed, torchvision's `swin3d_t` in eager
-mode and under `torch.compile`, at the same shape and precision (bf16: autocast) on the same device,
-with clips/s, MFU and ours/theirs. `--trace DIR` writes a `jax.profiler` trace of a few of our full
-steps. The last line is a JSON object.
+batch x `--snippets` snippets, ours (each attention) and, when PyTorch is installed, torchvision's
+`swin3d_t` in eager mode and under `torch.compile`, at the same shape and precision (bf16: autocast) on
+the same device, with clips/s, MFU and ours/theirs. The last line is a JSON object.
+
+`--trace DIR` writes a `jax.profiler` trace of three full steps per attention to DIR/<attention>; run
+under `XLA_FLAGS="--xla_dump_to=DUMP --xla_dump_hlo_as_text"` and
+`python -m avcanet_jax.trace_profile DIR/<attention> --hlo_dump DUMP` gives its time per model part.
 """
 
 from __future__ import annotations
