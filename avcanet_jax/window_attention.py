@@ -284,17 +284,32 @@ def pallas(
     """
     mask = None if mask is None else jnp.asarray(mask, jnp.float32)
     qkv_bias = jnp.zeros(qkv.shape[-1], qkv.dtype) if qkv_bias is None else qkv_bias
-    fn = functools.partial(_pallas, heads=heads, interpret=interpret)
+    return per_device(functools.partial(_pallas, heads=heads, interpret=interpret), qkv, qkv_bias, bias, mask)
+
+
+def cudnn(qkv: jax.Array, bias: jax.Array, mask, heads: int, implementation: str | None = "cudnn") -> jax.Array:
+    """cuDNN's fused attention, each device on its own share of the windows under a mesh, as the Pallas
+    kernel: the per-window layouts `dot_product` builds are then local, and the bias gradient of each
+    share is summed by shard_map's transpose rather than left to the custom call's partitioning rules.
+    (`implementation=None` runs the same code through XLA, which is how CPU tests check the sharding.)"""
+    if mask is None:
+        return per_device(lambda q, b: dot_product(q, b, None, heads, implementation), qkv, bias)
+    return per_device(lambda q, b, m: dot_product(q, b, m, heads, implementation), qkv, bias, mask)
+
+
+def per_device(fn, qkv: jax.Array, *replicated_args):
+    """`fn(qkv, *replicated_args)`, or under a mesh that shards the batch, `jax.shard_map` of it with `qkv`
+    (and the result) split over the mesh axes the logical "batch" axis maps to (windows are batch-major)
+    and the other arguments whole on each device. For calls XLA cannot partition (a Pallas kernel) or
+    should not (per-window layouts)."""
     mesh = jax.sharding.get_abstract_mesh()
     batch_axes = () if mesh.empty else _batch_axes(mesh)
     if not batch_axes:
-        return fn(qkv, qkv_bias, bias, mask)
+        return fn(qkv, *replicated_args)
     spec = jax.sharding.PartitionSpec(batch_axes)
-    replicated = jax.sharding.PartitionSpec()
-    # check_vma=False: a pallas_call does not say how its outputs vary over the mesh axes.
-    return jax.shard_map(
-        fn, mesh=mesh, in_specs=(spec, replicated, replicated, replicated), out_specs=spec, check_vma=False
-    )(qkv, qkv_bias, bias, mask)
+    in_specs = (spec, *[jax.sharding.PartitionSpec()] * len(replicated_args))
+    # check_vma=False: a pallas_call or custom call does not say how its outputs vary over the mesh axes.
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(qkv, *replicated_args)
 
 
 def _batch_axes(mesh) -> tuple[str, ...]:
@@ -315,6 +330,8 @@ def attention(
         qkv = qkv + qkv_bias.astype(qkv.dtype)
     if impl == "xla":
         return reference(qkv, bias, mask, heads, dropout)
-    if impl in ("dot_product", "cudnn"):
-        return dot_product(qkv, bias, mask, heads, "cudnn" if impl == "cudnn" else None)
+    if impl == "dot_product":
+        return dot_product(qkv, bias, mask, heads)
+    if impl == "cudnn":
+        return cudnn(qkv, bias, mask, heads)
     raise ValueError(f"window attention implementation {impl!r} is not one of {IMPLEMENTATIONS}")

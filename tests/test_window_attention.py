@@ -101,6 +101,30 @@ def test_under_a_sharded_mesh_each_device_attends_its_own_windows_and_bias_gradi
         np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_cudnn_path_under_a_sharded_mesh_runs_per_device(masked):
+    """The code the "cudnn" attention runs, with XLA in place of cuDNN (`implementation=None`): each
+    device's windows are laid out and attended locally, and the bias gradients are summed over devices."""
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    qkv, bias, mask = _inputs(4, masked)
+    weights = jnp.cos(jnp.arange(HEADS * HEAD_DIM, dtype=jnp.float32))
+
+    def loss(fn):
+        return lambda q, b: (fn(q, b) * weights).sum()
+
+    want = jax.value_and_grad(loss(lambda q, b: wa.reference(q, b, mask, HEADS)), argnums=(0, 1))(qkv, bias)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        sharded = jax.device_put(qkv, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"))))
+        fn = loss(lambda q, b: wa.cudnn(q, b, mask, HEADS, implementation=None))
+        step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+        text = step.lower(sharded, bias).as_text()
+        got = step(sharded, bias)
+    assert "shard_map" in text or "manual" in text
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, w in zip(got[1], want[1], strict=True):
+        np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
+
+
 def test_blocks_follow_the_mask_period_and_the_score_budget():
     assert wa.block_windows(n=512, nw=16, vol=196) == 8  # 8 x 196^2 float32 scores = 1.2 MB.
     assert wa.block_windows(n=32, nw=1, vol=196) == 8
