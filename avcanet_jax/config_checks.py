@@ -29,7 +29,7 @@ class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the field."""
 
 
-def _swin(value, attention: str) -> SwinConfig:
+def _swin(value, attention: str, approximate_gelu: bool = False) -> SwinConfig:
     if hasattr(value, "to_dict"):  # A dict field comes back as a ConfigDict from config.json.
         value = value.to_dict()
     if isinstance(value, str):
@@ -47,7 +47,7 @@ def _swin(value, attention: str) -> SwinConfig:
     else:
         raise ConfigError(f"config.model.swin: expected a size name or a dict, got {type(value).__name__}")
     try:
-        return dataclasses.replace(base, attention=attention)
+        return dataclasses.replace(base, attention=attention, approximate_gelu=approximate_gelu)
     except ValueError as e:
         raise ConfigError(f"config.model.attention: {e}") from e
 
@@ -78,7 +78,8 @@ def model_config(c, platform: str | None = None) -> ModelConfig:
     m = c.model
     try:
         return ModelConfig(
-            num_classes=m.num_classes, swin=_swin(m.swin, _attention(m, platform or jax.default_backend())),
+            num_classes=m.num_classes,
+            swin=_swin(m.swin, _attention(m, platform or jax.default_backend()), m.get("approximate_gelu", False)),
             resnet_depth=m.resnet_depth, resnet_width=m.resnet_width, dim=m.dim, fusion=m.fusion,
             modalities=m.modalities, use_local=m.use_local, use_global=m.use_global,
             lgf=FusionConfig(

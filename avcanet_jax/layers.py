@@ -142,13 +142,24 @@ class DropPath(nnx.Module):
 
 
 class Mlp(nnx.Module):
-    """Linear -> GELU (exact erf, as torch.nn.GELU) -> dropout -> Linear -> dropout."""
+    """Linear -> GELU -> dropout -> Linear -> dropout. GELU is exact (erf, as torch.nn.GELU) unless
+    `approximate_gelu` (the tanh form): a speed option, since erf is many vector operations per element
+    on a TPU (README), at a small change to the function the pretrained weights were trained with."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float, rngs: nnx.Rngs, precision: Precision = FP32):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        dropout: float,
+        rngs: nnx.Rngs,
+        precision: Precision = FP32,
+        approximate_gelu: bool = False,
+    ):
         self.fc1 = linear(dim, hidden, ("embed", "mlp"), rngs, precision)
         self.fc2 = linear(hidden, dim, ("mlp", "embed"), rngs, precision)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.approximate_gelu = approximate_gelu
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.drop(jax.nn.gelu(self.fc1(x), approximate=False))
+        x = self.drop(jax.nn.gelu(self.fc1(x), approximate=self.approximate_gelu))
         return self.drop(self.fc2(x))

@@ -55,6 +55,7 @@ class SwinConfig:
     stochastic_depth_prob: float = 0.1
     in_channels: int = 3
     attention: str = "xla"
+    approximate_gelu: bool = False  # The MLPs' GELU in its tanh form (faster on TPUs; see layers.Mlp).
 
     def __post_init__(self):
         if self.attention not in window_attention.IMPLEMENTATIONS:
@@ -201,7 +202,7 @@ class SwinBlock3d(nnx.Module):
         self.attn = WindowAttention3d(dim, cfg.window_size, shift, num_heads, cfg, rngs, precision)
         self.drop_path = DropPath(drop_path, rngs)
         self.norm2 = layer_norm(dim, rngs, precision)
-        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.dropout, rngs, precision)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.dropout, rngs, precision, cfg.approximate_gelu)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         with jax.named_scope("norm"):

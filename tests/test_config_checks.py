@@ -59,6 +59,16 @@ def test_auto_attention_is_the_kernel_on_tpus_cudnn_on_gpus_in_bfloat16_and_the_
     assert config_checks.model_config(c).swin_config.attention == "dot_product"
 
 
+def test_approximate_gelu_reaches_the_swin_config_and_older_configs_keep_the_exact_one():
+    c = base.get_config()
+    assert config_checks.model_config(c).swin_config.approximate_gelu is False
+    c.model.approximate_gelu = True
+    assert config_checks.model_config(c).swin_config.approximate_gelu is True
+    with c.unlocked():
+        del c.model["approximate_gelu"]  # A config.json written before the field existed.
+    assert config_checks.model_config(c).swin_config.approximate_gelu is False
+
+
 @pytest.mark.parametrize(
     "platform, bfloat16, message",
     [("cpu", True, "NVIDIA GPUs only"), ("tpu", True, "NVIDIA GPUs only"), ("gpu", False, "bfloat16=True")],

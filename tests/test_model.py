@@ -13,6 +13,7 @@ from flax import nnx
 from avcanet_jax import pretrained
 from avcanet_jax.avcanet import AVCANet, ModelConfig
 from avcanet_jax.fusion import FusionConfig, LocalFusion, PyramidLevel, band_mask
+from avcanet_jax.layers import Mlp
 from avcanet_jax.swin3d import SwinConfig, SwinTransformer3d
 
 TINY_SWIN = SwinConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
@@ -248,4 +249,19 @@ def test_window_attention_implementations_match_the_reference_path():
     with pytest.raises(ValueError, match="attention_dropout"):
         SwinConfig(attention="pallas", attention_dropout=0.1)
     with pytest.raises(ValueError, match="swin.attention"):
-        SwinConfig(attention="cudnn")
+        SwinConfig(attention="flash")
+
+
+def test_approximate_gelu_is_the_tanh_form_in_every_swin_mlp():
+    cfg = dataclasses.replace(TINY_SWIN, approximate_gelu=True)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 32, 32, 3)), jnp.float32)
+    exact, tanh = SwinTransformer3d(TINY_SWIN, nnx.Rngs(0)), SwinTransformer3d(cfg, nnx.Rngs(0))
+    mlps = [m for _, m in tanh.iter_modules() if isinstance(m, Mlp)]
+    assert len(mlps) == sum(TINY_SWIN.depths) and all(m.approximate_gelu for m in mlps)
+    h = jnp.linspace(-4.0, 4.0, 33)
+    mlp = mlps[0]
+    want = mlp.fc2(jax.nn.gelu(mlp.fc1(h[:, None] * jnp.ones(mlp.fc1.in_features)), approximate=True))
+    np.testing.assert_allclose(mlp(h[:, None] * jnp.ones(mlp.fc1.in_features)), want, rtol=1e-6)
+    # Same weights, a close but different function.
+    difference = np.abs(np.asarray(exact(x)) - np.asarray(tanh(x))).max()
+    assert 0 < difference < 5e-2
