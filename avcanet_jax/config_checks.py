@@ -52,15 +52,27 @@ def _swin(value, attention: str, approximate_gelu: bool = False) -> SwinConfig:
         raise ConfigError(f"config.model.attention: {e}") from e
 
 
+def gpu_has_fused_attention() -> bool:
+    """Whether this machine's GPU runs cuDNN's fused (flash) attention: NVIDIA, compute capability 8.0
+    (Ampere) or later. A ROCm device's capability is a "gfx..." name, and no GPU at all answers False."""
+    try:
+        return float(jax.devices("gpu")[0].compute_capability) >= 8.0
+    except (RuntimeError, AttributeError, IndexError, ValueError):
+        return False
+
+
 def _attention(m, platform: str) -> str:
     """`model.attention`, with "auto" resolved for the platform the model will be compiled for: the Pallas
-    kernel on TPUs; cuDNN's fused attention on GPUs in bfloat16 (measured faster than the reference on an
-    H200, README); the XLA reference elsewhere (the kernel only compiles for TPUs, and cuDNN takes only
-    16-bit inputs). Configs saved before the field existed said `model.fused_attention` (bool)."""
+    kernel on TPUs; cuDNN's fused attention on NVIDIA GPUs from Ampere on, in bfloat16 (measured faster
+    than the reference on an H200, README); the XLA reference elsewhere (the kernel only compiles for
+    TPUs, and cuDNN takes only 16-bit inputs). Configs saved before the field existed said
+    `model.fused_attention` (bool)."""
     if "attention" not in m:
         return "dot_product" if m.get("fused_attention", False) else "xla"
     if m.attention == "auto":
-        return {"tpu": "pallas", "gpu": "cudnn" if m.bfloat16 else "xla"}.get(platform, "xla")
+        if platform == "tpu":
+            return "pallas"
+        return "cudnn" if platform == "gpu" and m.bfloat16 and gpu_has_fused_attention() else "xla"
     if m.attention not in IMPLEMENTATIONS:
         raise ConfigError(f"config.model.attention: {m.attention!r} is not one of {('auto', *IMPLEMENTATIONS)}")
     if m.attention == "cudnn" and platform != "gpu":

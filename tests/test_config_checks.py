@@ -44,7 +44,9 @@ def test_broken_config_names_the_field(change, field):
     assert str(err.value).startswith(field), str(err.value)
 
 
-def test_auto_attention_is_the_kernel_on_tpus_cudnn_on_gpus_in_bfloat16_and_the_reference_elsewhere():
+def test_auto_attention_is_the_kernel_on_tpus_cudnn_on_gpus_in_bfloat16_and_the_reference_elsewhere(monkeypatch):
+    assert not config_checks.gpu_has_fused_attention()  # No GPU here.
+    monkeypatch.setattr(config_checks, "gpu_has_fused_attention", lambda: True)  # As on an A100 or H100.
     c = base.get_config()
     assert c.model.attention == "auto"
     assert config_checks.model_config(c, platform="tpu").swin_config.attention == "pallas"
@@ -53,6 +55,8 @@ def test_auto_attention_is_the_kernel_on_tpus_cudnn_on_gpus_in_bfloat16_and_the_
     c.model.bfloat16 = True
     assert config_checks.model_config(c, platform="gpu").swin_config.attention == "cudnn"
     assert config_checks.model_config(c, platform="cpu").swin_config.attention == "xla"
+    monkeypatch.setattr(config_checks, "gpu_has_fused_attention", lambda: False)  # A T4, or ROCm.
+    assert config_checks.model_config(c, platform="gpu").swin_config.attention == "xla"
     with c.unlocked():
         del c.model["attention"]
         c.model.fused_attention = True  # A config.json written before `model.attention` existed.

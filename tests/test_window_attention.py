@@ -145,7 +145,8 @@ def test_an_unknown_implementation_is_refused():
 def test_cudnn_equals_the_reference_at_stage_1_shapes(masked):
     """Swin-T's stage 1 in bf16: 196-token windows (4 x 7 x 7), 3 heads of 32, 16 windows per map, shifted
     (0, 3, 3) or not; forward and gradients, the relative bias's included, within bf16 rounding of the
-    float32 reference. On a GPU: `python -m pytest --noconftest -o addopts= tests/test_window_attention.py -k cudnn`."""
+    float32 reference. On a GPU (no conftest: it would force the CPU):
+    `python -m pytest --noconftest -o addopts= tests/test_window_attention.py -k stage_1_shapes`."""
     heads, head_dim, nw, vol = 3, 32, 16, 196
     rng = np.random.default_rng(0)
     mask = jnp.asarray(shift_mask((4, 28, 28), (4, 7, 7), (0, 3, 3))) if masked else None
