@@ -71,13 +71,16 @@ def kernel_times(trace_dir: str) -> tuple[str, dict[tuple[str, str], list]]:
 
 
 def _library_part(kernel: str) -> str:
-    """A row for a kernel with no HLO instruction to name its scope."""
+    """A row for a kernel with no HLO instruction to name its scope: XLA's own (fusions, named for
+    their instruction) stay unnamed; cuDNN's and cuBLAS's are told apart by their kernel names."""
     k = kernel.lower()
-    if "fmha" in k or "sdpa" in k or "matmul_dq" in k or "dot_do_o" in k:
+    if re.search(r"(^|_)fusion(_|$)", k) or k.startswith(("loop_", "input_", "wrapped_", "ynn_")):
+        return "(no op_name)"
+    if any(s in k for s in ("fmha", "sdpa", "matmul_dq", "dot_do_o")):
         return "(cuDNN attention)"
-    if "conv" in k or "nchw" in k or "nhwc" in k:
+    if any(s in k for s in ("implicit_gemm", "convolve", "nchwtonhwc", "nhwctonchw", "conv2d", "conv3d")):
         return "(cuDNN convolution)"
-    if "gemm" in k or "nvjet" in k or "cublas" in k:
+    if any(s in k for s in ("gemm", "nvjet", "cublas", "cutlass")):
         return "(library matmul)"
     return "(no op_name)"
 

@@ -5,8 +5,9 @@ Four implementations of one function, `attention(qkv, bias, mask, heads, impl)`:
 - "xla": plain jnp, the reference; XLA writes every [windows, heads, V, V] score tensor (and, in the
   backward pass, its gradient) to memory. Stage 1 of Swin-T has 196-token windows, so at 2 clips per
   chip one layer's scores are 236 MB in float32; on a TPU v5e this path is most of the train step.
-- "dot_product": `jax.nn.dot_product_attention` with windows folded into the head axis. Same numbers;
-  JAX picks XLA's implementation unless told otherwise, so it moves the same bytes.
+- "dot_product": `jax.nn.dot_product_attention` (windows folded into the head axis where a shift mask
+  needs it). Same numbers; JAX picks XLA's implementation unless told otherwise, so it moves the same
+  bytes.
 - "cudnn": the same call with `implementation="cudnn"`: cuDNN's fused (flash) attention on NVIDIA GPUs,
   which keeps the scores on chip, adds the bias inside and returns the bias gradient. It needs bf16 or
   fp16 inputs and an even window volume in training (196 is), and runs nowhere else. Unshifted blocks

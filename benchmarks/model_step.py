@@ -153,7 +153,7 @@ def full_step(
     forward = jax.jit(lambda s, v, a: nnx.merge(ref_graphdef, s)(v, a)["logits"])
     fwd_flops = flops_of(forward, ref_state, inputs["video"], inputs["audio"])
     step_s = best_time(run, repeats)
-    if trace:  # Summarise with benchmarks/trace_summary.py, or open in TensorBoard's profile plugin / Perfetto.
+    if trace:  # Summarise with `python -m avcanet_jax.trace_profile`, or open in TensorBoard / Perfetto.
         with jax.profiler.trace(trace):
             for _ in range(3):
                 run()

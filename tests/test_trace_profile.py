@@ -70,6 +70,11 @@ def test_gpu_kernel_names_find_their_instruction(tmp_path):
     assert trace_profile._library_part("cudnn_generated_fort_native_sdpa_sm90_flash_bprop") == "(cuDNN attention)"
     assert trace_profile._library_part("void cudnn::fusion::fmha_dbias<true>") == "(cuDNN attention)"
     assert trace_profile._library_part("nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT") == "(library matmul)"
+    conv = "sm90_xmma_wgrad_indexed_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc"
+    assert trace_profile._library_part(conv) == "(cuDNN convolution)"
+    # XLA's own kernels are not library calls, whatever their names contain.
+    assert trace_profile._library_part("loop_convert_multiply_fusion_11") == "(no op_name)"
+    assert trace_profile._library_part("gemm_fusion_dot_1486") == "(no op_name)"
 
 
 def test_a_folder_without_a_trace_is_named():
