@@ -10,8 +10,9 @@
 # 3. avcanet_jax.trace_profile: the traced kernels' time per model part, per attention.
 # Logs, profiles and a tarball of the traces and HLO (for re-running step 3 elsewhere) go to $OUT.
 # Extra arguments go to model_step.py. Each step has a time limit so that a slow one leaves the rest.
-# On an H200 the default (one attention, torchvision eager and compiled) took about 6 minutes; each
-# further attention in `--attention cudnn,xla` adds about 1.5 (MODEL_STEP_TIMEOUT, seconds: 480).
+# Time: on an H200, model_step.py with two attentions and torchvision (eager and compiled) once took
+# 5.5 minutes and once did not finish in 7 (MODEL_STEP_TIMEOUT, seconds, default 480), so the default
+# is one attention; name more with `--attention cudnn,xla`.
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 mkdir -p "$OUT"
