@@ -45,8 +45,8 @@ def op_names(dump_dir: str) -> dict[tuple[int, str], str]:
     return names
 
 
-def kernel_times(trace_dir: str) -> tuple[str, dict[tuple[str, str], list]]:
-    """The accelerator planes' names and {(line, kernel name): [count, total ns, (program id, hlo_op)]}."""
+def kernel_times(trace_dir: str) -> tuple[str, collections.Counter]:
+    """The accelerator planes' names and the total ns per (line, kernel name, program id, hlo_op)."""
     from jax.profiler import ProfileData
 
     paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
@@ -56,17 +56,14 @@ def kernel_times(trace_dir: str) -> tuple[str, dict[tuple[str, str], list]]:
     planes = [p for p in data.planes if p.name.startswith("/device:")] or [
         p for p in data.planes if p.name == "/host:CPU"
     ]
-    times: dict[tuple[str, str], list] = {}
+    times = collections.Counter()
     for plane in planes:
         for line in plane.lines:
             for event in line.events:
                 stats = {key: value for key, value in event.stats}
-                if "hlo_op" not in stats:  # Host-side bookkeeping, not device work.
-                    continue
-                op = (int(stats.get("program_id", -1)), _kernel_name(stats["hlo_op"]))
-                entry = times.setdefault((line.name, event.name), [0, 0.0, op])
-                entry[0] += 1
-                entry[1] += event.duration_ns
+                if "hlo_op" in stats:  # Else host-side bookkeeping, not device work.
+                    program = int(stats.get("program_id", -1))
+                    times[(line.name, event.name, program, _kernel_name(stats["hlo_op"]))] += event.duration_ns
     return ", ".join(p.name for p in planes), times
 
 
@@ -92,12 +89,12 @@ def summarize(trace_dir: str, hlo_dump: str | None = None, steps: int = 3) -> di
     planes, times = kernel_times(trace_dir)
     names = op_names(hlo_dump) if hlo_dump else {}
     lines = collections.Counter()
-    for (line, _), (_, ns, _) in times.items():
+    for (line, *_), ns in times.items():
         lines[line] += ns / steps / 1e6
     kernel_lines = [ln for ln in lines if ln not in ("XLA Ops", "XLA Modules", "Steps", "Framework Ops")]
     parts = collections.Counter()
     kernels = collections.Counter()
-    for (line, name), (_, ns, (program, hlo_op)) in times.items():
+    for (line, name, program, hlo_op), ns in times.items():
         if line not in kernel_lines:
             continue
         # A kernel XLA generated is named for its fusion; inside a CUDA-graph command buffer that name is
