@@ -119,11 +119,25 @@ def torchvision_backbone(x: np.ndarray, repeats: int, threads: int):
     return best_time(forward, repeats), best_time(fwd_bwd, repeats), params
 
 
-def full_step(
-    batch: int, bf16: bool, remat: bool, repeats: int, peak_tflops: float, attention: str = "xla", trace=None
-):
+def reference_train_flops(model: nnx.Module, *inputs: jax.ShapeDtypeStruct) -> float:
+    """Model FLOPs of one train step: 3x the forward pass (backward = 2x forward, no recompute counted),
+    lowered from an abstract `model` with the reference attention (a kernel's cost estimate counts its
+    padding). The same for every attention, so counted once per shape."""
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, *x: nnx.merge(graphdef, s)(*x))
+    return 3 * flops_of(forward, state, *inputs)
+
+
+def full_train_flops(batch: int, bf16: bool) -> float:
+    model = nnx.eval_shape(lambda: AVCANet(ModelConfig(bfloat16=bf16), nnx.Rngs(params=0, dropout=1)))
+    video = jax.ShapeDtypeStruct((batch, 16, 8, 112, 112, 3), jnp.uint8)
+    audio = jax.ShapeDtypeStruct((batch, 16, 256, 32), jnp.float32)
+    return reference_train_flops(model, video, audio)
+
+
+def full_step(batch: int, bf16: bool, remat: bool, repeats: int, attention: str = "xla", trace=None) -> float:
     """Seconds per train step of the trainer's own step (`train_step.make_steps`: `jax.jit` on the state
-    pytree, donated, with the loss, metrics and AdamW), its reference forward FLOPs and MFU."""
+    pytree, donated, with the loss, metrics and AdamW)."""
     cfg = ModelConfig(swin=dataclasses.replace(SWIN_SIZES["tiny"], attention=attention), bfloat16=bf16, remat=remat)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     make = train_step.model_and_optimizer(cfg, optax.adamw(1.5e-4, weight_decay=0.02), seed=0)
@@ -147,37 +161,36 @@ def full_step(
         state, metrics = step(state, inputs)
         jax.block_until_ready(metrics)
 
-    # Model FLOPs from the reference attention's lowering: a kernel's cost estimate counts its padding.
-    reference = AVCANet(dataclasses.replace(cfg, swin=SWIN_SIZES["tiny"]), nnx.Rngs(params=0, dropout=1))
-    ref_graphdef, ref_state = nnx.split(reference)
-    forward = jax.jit(lambda s, v, a: nnx.merge(ref_graphdef, s)(v, a)["logits"])
-    fwd_flops = flops_of(forward, ref_state, inputs["video"], inputs["audio"])
     step_s = best_time(run, repeats)
     if trace:  # Summarise with `python -m avcanet_jax.trace_profile`, or open in TensorBoard / Perfetto.
         with jax.profiler.trace(trace):
             for _ in range(3):
                 run()
-    model_flops = 3 * fwd_flops  # Forward + backward (2x forward) model FLOPs, no recompute counted.
-    mfu = model_flops / step_s / (peak_tflops * 1e12)
-    return step_s, fwd_flops, mfu
+    return step_s
 
 
-def swin_step_ours(batch: int, snippets: int, bf16: bool, repeats: int, attention: str):
-    """Seconds per train step of our Swin-T branch on [batch * snippets, 8, 112, 112, 3], and its model
-    FLOPs (forward + backward = 3x the reference attention's forward, from XLA's lowering). Run as the
+class SwinClassifier(nnx.Module):
+    """The Swin-T branch with a 6-class head on its pooled features, as in the side-by-side step."""
+
+    def __init__(self, cfg, precision, rngs):
+        self.swin = SwinTransformer3d(cfg, rngs, precision)
+        self.head = nnx.Linear(cfg.num_features, 6, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(self.swin(x).mean(axis=(1, 2, 3)).astype(jnp.float32))
+
+
+def swin_train_flops(batch: int, snippets: int, bf16: bool) -> float:
+    precision = BF16 if bf16 else FP32
+    model = nnx.eval_shape(lambda: SwinClassifier(SWIN_SIZES["tiny"], precision, nnx.Rngs(params=0, dropout=1)))
+    return reference_train_flops(model, jax.ShapeDtypeStruct((batch * snippets, 8, 112, 112, 3), jnp.float32))
+
+
+def swin_step_ours(batch: int, snippets: int, bf16: bool, repeats: int, attention: str) -> float:
+    """Seconds per train step of our Swin-T branch on [batch * snippets, 8, 112, 112, 3], run as the
     trainer runs its step: `jax.jit` of a pure function of the state pytree, donated."""
     cfg = dataclasses.replace(SWIN_SIZES["tiny"], attention=attention)
-    precision = BF16 if bf16 else FP32
-
-    class Classifier(nnx.Module):
-        def __init__(self, cfg, rngs):
-            self.swin = SwinTransformer3d(cfg, rngs, precision)
-            self.head = nnx.Linear(cfg.num_features, 6, rngs=rngs)
-
-        def __call__(self, x):
-            return self.head(self.swin(x).mean(axis=(1, 2, 3)).astype(jnp.float32))
-
-    model = Classifier(cfg, nnx.Rngs(params=0, dropout=1))
+    model = SwinClassifier(cfg, BF16 if bf16 else FP32, nnx.Rngs(params=0, dropout=1))
     optimizer = nnx.Optimizer(model, optax.adamw(1.5e-4, weight_decay=0.02), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
     rng = np.random.default_rng(0)
@@ -201,10 +214,7 @@ def swin_step_ours(batch: int, snippets: int, bf16: bool, repeats: int, attentio
         state, loss = step(state, x, labels)
         jax.block_until_ready(loss)
 
-    reference = Classifier(SWIN_SIZES["tiny"], nnx.Rngs(params=0, dropout=1))
-    ref_graphdef, ref_state = nnx.split(reference)
-    fwd_flops = flops_of(jax.jit(lambda s, x: nnx.merge(ref_graphdef, s)(x)), ref_state, x)
-    return best_time(run, repeats), 3 * fwd_flops
+    return best_time(run, repeats)
 
 
 def swin_step_torchvision(batch: int, snippets: int, bf16: bool, repeats: int, compiled: bool):
@@ -243,16 +253,17 @@ def side_by_side(args, attentions: list[str]) -> dict:
     for the JSON line; ours/theirs is taken for our fastest attention."""
     clips = args.batch
     peak = args.peak_tflops * 1e12
+    model_flops = swin_train_flops(args.batch, args.snippets, args.bf16)
     out = {}
     print(f"Swin-T branch train step, {clips} clips x {args.snippets} snippets, bf16={args.bf16}:")
-    ours = {}  # attention -> (seconds, model FLOPs), for those that ran.
+    ours = {}  # attention -> seconds, for those that ran.
     for attention in attentions:
         try:
-            seconds, model_flops = swin_step_ours(args.batch, args.snippets, args.bf16, args.repeats, attention)
+            seconds = swin_step_ours(args.batch, args.snippets, args.bf16, args.repeats, attention)
         except Exception as e:  # noqa: BLE001 - an implementation this backend lacks; report and go on.
             print(f"  ours ({attention}): failed: {str(e)[:300]}")
             continue
-        ours[attention] = seconds, model_flops
+        ours[attention] = seconds
         suffix = "" if attention == attentions[0] else f"_{attention}"
         out.update({f"swin_step_ms_ours{suffix}": round(seconds * 1e3, 2),
                     f"swin_clips_per_s_ours{suffix}": round(clips / seconds, 1),
@@ -261,8 +272,8 @@ def side_by_side(args, attentions: list[str]) -> dict:
               f"MFU {model_flops / seconds / peak:.1%}")  # fmt: skip
     if not ours:
         return out
-    best = min(ours, key=lambda a: ours[a][0])
-    ours_s, ours_flops = ours[best]
+    best = min(ours, key=ours.get)
+    ours_s = ours[best]
     out["swin_best_attention"] = best
     for name, compiled in (("eager", False), ("torch.compile", True)):
         theirs = None
@@ -277,10 +288,10 @@ def side_by_side(args, attentions: list[str]) -> dict:
             break
         key = "compiled" if compiled else "eager"
         out.update({f"swin_step_ms_torchvision_{key}": round(theirs * 1e3, 2),
-                    f"swin_mfu_torchvision_{key}": round(ours_flops / theirs / peak, 4),
+                    f"swin_mfu_torchvision_{key}": round(model_flops / theirs / peak, 4),
                     f"swin_speedup_vs_torchvision_{key}": round(theirs / ours_s, 3)})  # fmt: skip
         print(f"  torchvision swin3d_t, {name}: {theirs * 1e3:.1f} ms, {clips / theirs:.1f} clips/s, "
-              f"MFU {ours_flops / theirs / peak:.1%}; ours ({best}) at {theirs / ours_s:.2f}x its speed")  # fmt: skip
+              f"MFU {model_flops / theirs / peak:.1%}; ours ({best}) at {theirs / ours_s:.2f}x its speed")  # fmt: skip
     return out
 
 
@@ -312,17 +323,15 @@ def main():
 
     if args.full:
         result = {"device": device.device_kind, "batch": args.batch, "bf16": args.bf16, "remat": args.remat}
-        fwd_flops = None
+        model_flops = full_train_flops(args.batch, args.bf16)
         for attention in attentions:
             trace = os.path.join(args.trace, attention) if args.trace else None
             try:
-                step_s, fwd_flops, mfu = full_step(
-                    args.batch, args.bf16, args.remat, args.repeats, args.peak_tflops, attention, trace
-                )
+                step_s = full_step(args.batch, args.bf16, args.remat, args.repeats, attention, trace)
             except Exception as e:  # noqa: BLE001 - an implementation this backend lacks; report and go on.
                 print(f"full AV-CANet train step, attention={attention}: failed: {str(e)[:300]}")
                 continue
-            clips_s = args.batch / step_s
+            clips_s, mfu = args.batch / step_s, model_flops / step_s / (args.peak_tflops * 1e12)
             print(
                 f"full AV-CANet train step, batch {args.batch}, bf16={args.bf16}, remat={args.remat}, "
                 f"attention={attention}: {step_s * 1e3:.1f} ms; {clips_s:.0f} clips/s; MFU {mfu:.1%}"
@@ -330,10 +339,9 @@ def main():
             suffix = "" if attention == attentions[0] else f"_{attention}"
             result.update({f"step_ms{suffix}": round(step_s * 1e3, 2), f"clips_per_s{suffix}": round(clips_s, 1),
                            f"mfu{suffix}": round(mfu, 4)})  # fmt: skip
-        if fwd_flops is not None:
-            print(f"forward FLOPs per clip (XLA, reference attention): {fwd_flops / args.batch / 1e9:.1f} G")
-            result.update(gflops_forward_per_clip=round(fwd_flops / args.batch / 1e9, 2))
-        result.update(attention=args.attention)
+        forward_per_clip = model_flops / 3 / args.batch / 1e9
+        print(f"forward FLOPs per clip (XLA, reference attention): {forward_per_clip:.1f} G")
+        result.update(attention=args.attention, gflops_forward_per_clip=round(forward_per_clip, 2))
         result.update(side_by_side(args, attentions))
         print(json.dumps(result))
         return
