@@ -133,11 +133,15 @@ class DropPath(nnx.Module):
         self.rngs = rngs["dropout"].fork()
         self.deterministic = False  # `model.eval()` sets this, like nnx.Dropout's.
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, batch: int | None = None) -> jax.Array:
+        """`x` with the examples along its first axis, or with `batch` examples' rows back to back along
+        it (the Swin blocks' token rows), each example kept or dropped whole."""
         if self.deterministic or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        batch = x.shape[0] if batch is None else batch
+        mask = jax.random.bernoulli(self.rngs(), keep, (batch,) + (1,) * (x.ndim - 1))
+        mask = jnp.repeat(mask, x.shape[0] // batch, axis=0)
         return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 

@@ -34,7 +34,7 @@ DTYPE_BYTES = {
 }  # fmt: skip
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 NO_TRAFFIC = ("parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all", "partition-id")
-SWIN_KINDS = ("attention", "mlp", "norm")  # Inside a block; anything else there is "residual".
+SWIN_KINDS = ("attention", "mlp", "norm", "relayout")  # In a stage; anything else there is "residual".
 TOP_SCOPES = ("audio", "local_fusion", "global_fusion", "classifier", "loss", "optimizer")
 
 _LEAF = re.compile(r"(\w+)\[([\d,]*)\](?:\{([^}]*)\})?")

@@ -6,6 +6,14 @@ torchvision's behaviour is kept where it matters for loading its weights: when t
 larger than the window along an axis, the window shrinks to the map and that axis is not shifted, and
 the relative-position bias of a shrunken window is read from the top-left block of the full window's
 index matrix (`_relative_bias`), exactly as `torchvision.models.video.swin_transformer` does.
+
+Inside a stage the blocks hold their tokens as rows [B * nW * V, C] in the order of their windows
+(`Windows`), not as [B, T, H, W, C] maps: LayerNorm, MLP and residuals act per token, so only attention
+cares about the order, and a stage then moves its tokens between map and window order once per change of
+windows (on entry, between a plain and a shifted block, on exit) instead of twice per block. Rows are
+also the layout a TPU tiles best (the Pallas attention reads them as they are): a 5-D map of 28 x 28
+tokens gets the batch as its tiled second-minor axis, and every partition into 7 x 7 windows then
+shuffles sublanes (`python -m avcanet_jax.aot --profile` showed those copies as the top instructions).
 """
 
 from __future__ import annotations
@@ -128,6 +136,61 @@ def _merge(windows: jax.Array, window, b: int, padded) -> jax.Array:
     return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t, h, w, c)
 
 
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """How a block groups a [batch, *size, C] map into windows: its (possibly shrunken) window and shift
+    (`window_and_shift`), and the padding to whole windows. Token rows are [batch * nW * V, C], windows
+    batch-major, each window's tokens in T, H, W order (as `_partition` of the padded, rolled map)."""
+
+    batch: int
+    size: tuple[int, int, int]
+    window: tuple[int, int, int]
+    shift: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, shape, window, shift) -> Windows:
+        """The windows of a block with this window and shift on a map of `shape` [B, T, H, W, C]."""
+        size = tuple(shape[1:4])
+        return cls(shape[0], size, *window_and_shift(size, window, shift))
+
+    @property
+    def padded(self) -> tuple[int, int, int]:
+        return tuple(s + (-s) % w for s, w in zip(self.size, self.window, strict=True))
+
+    @property
+    def volume(self) -> int:
+        return math.prod(self.window)
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """[nW, V, V] shifted-window mask, or None without a shift."""
+        return shift_mask(self.padded, self.window, self.shift) if any(self.shift) else None
+
+    @property
+    def valid(self) -> np.ndarray | None:
+        """[rows] True where a row is a token of the map, not padding; None without padding."""
+        if self.padded == self.size:
+            return None
+        return self.rows(np.ones((self.batch, *self.size, 1), bool), np)[:, 0]
+
+    def rows(self, x, xp=jnp):
+        """[B, T, H, W, C] map -> [rows, C] (padding with zeros, rolling by -shift); `xp`: jnp or np."""
+        pad = [(0, p - s) for s, p in zip(self.size, self.padded, strict=True)]
+        x = xp.pad(x, [(0, 0), *pad, (0, 0)])
+        if any(self.shift):
+            x = xp.roll(x, [-s for s in self.shift], axis=(1, 2, 3))
+        windows = _partition(x, self.window)
+        return windows.reshape(-1, windows.shape[-1])
+
+    def map(self, rows: jax.Array) -> jax.Array:
+        """Inverse of `rows`: [rows, C] -> [B, T, H, W, C] (padding dropped)."""
+        x = _merge(rows.reshape(-1, self.volume, rows.shape[-1]), self.window, self.batch, self.padded)
+        if any(self.shift):
+            x = jnp.roll(x, self.shift, axis=(1, 2, 3))
+        t, h, w = self.size
+        return x[:, :t, :h, :w]
+
+
 class WindowAttention3d(nnx.Module):
     """Multi-head self-attention within (shifted) 3D windows, with a learned relative-position bias."""
 
@@ -160,29 +223,19 @@ class WindowAttention3d(nnx.Module):
         bias = self.relative_position_bias_table[...][index.reshape(-1)].reshape(vol, vol, -1)
         return bias.transpose(2, 0, 1).astype(self.dtype)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, h, w, c = x.shape
-        window, shift = window_and_shift((t, h, w), self.window, self.shift)
-        pad = [(-s) % wnd for s, wnd in zip((t, h, w), window, strict=True)]
-        x = jnp.pad(x, ((0, 0), (0, pad[0]), (0, pad[1]), (0, pad[2]), (0, 0)))
-        padded = x.shape[1:4]
-        if any(shift):
-            x = jnp.roll(x, [-s for s in shift], axis=(1, 2, 3))
-        windows = _partition(x, window)  # [B*nW, V, C]
-        mask = jnp.asarray(shift_mask(tuple(padded), window, shift)) if any(shift) else None  # [nW, V, V]
+    def __call__(self, rows: jax.Array, windows: Windows) -> jax.Array:
+        """Attention within each window of token rows [B * nW * V, C] in `windows`' order."""
         # The qkv projection without its bias, which the attention adds (the Pallas kernel adds it on chip).
         tokens, kernel, qkv_bias = nnx.nn.dtypes.promote_dtype(
-            (windows, self.qkv.kernel[...], self.qkv.bias[...]), dtype=self.dtype
+            (rows, self.qkv.kernel[...], self.qkv.bias[...]), dtype=self.dtype
         )
         qkv = jax.lax.dot_general(tokens, kernel, (((tokens.ndim - 1,), (0,)), ((), ())))
         dropout = self.attn_drop if self.impl == "xla" else None
+        mask = None if windows.mask is None else jnp.asarray(windows.mask)
         out = window_attention.attention(
-            qkv, self._relative_bias(window), mask, self.num_heads, self.impl, dropout, qkv_bias
+            qkv, self._relative_bias(windows.window), mask, self.num_heads, self.impl, dropout, qkv_bias
         )
-        x = _merge(self.proj_drop(self.proj(out)), window, b, padded)
-        if any(shift):
-            x = jnp.roll(x, shift, axis=(1, 2, 3))
-        return x[:, :t, :h, :w]
+        return self.proj_drop(self.proj(out))
 
 
 class SwinBlock3d(nnx.Module):
@@ -204,17 +257,25 @@ class SwinBlock3d(nnx.Module):
         self.norm2 = layer_norm(dim, rngs, precision)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.dropout, rngs, precision, cfg.approximate_gelu)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def windows(self, shape) -> Windows:
+        """The windows this block attends within on a map of `shape` [B, T, H, W, C]."""
+        return Windows.of(shape, self.attn.window, self.attn.shift)
+
+    def __call__(self, rows: jax.Array, windows: Windows) -> jax.Array:
+        """Token rows [B * nW * V, C] in `windows`' order -> the same rows after the block."""
         with jax.named_scope("norm"):
-            y = self.norm1(x)
+            y = self.norm1(rows)
+            valid = windows.valid
+            if valid is not None:  # torchvision pads the normalised map with zeros.
+                y = jnp.where(valid[:, None], y, jnp.zeros((), y.dtype))
         with jax.named_scope("attention"):
-            y = self.attn(y)
-        x = x + self.drop_path(y)
+            y = self.attn(y, windows)
+        rows = rows + self.drop_path(y, windows.batch)
         with jax.named_scope("norm"):
-            y = self.norm2(x)
+            y = self.norm2(rows)
         with jax.named_scope("mlp"):
             y = self.mlp(y)
-        return x + self.drop_path(y)
+        return rows + self.drop_path(y, windows.batch)
 
 
 class PatchMerging(nnx.Module):
@@ -308,14 +369,26 @@ class SwinTransformer3d(nnx.Module):
                 x = self.pos_drop(self.patch_embed(x))
             for i, blocks in enumerate(self.stages):
                 with jax.named_scope(f"stage{i + 1}"):
-                    for j, block in enumerate(blocks):
-                        with jax.named_scope(f"block{j}"):
-                            if self.remat is None:
-                                x = block(x)
-                            else:
-                                policy = REMAT_POLICIES[self.remat]
-                                x = nnx.remat(type(block).__call__, policy=policy)(block, x)
+                    x = self._stage(blocks, x)
                     if i < len(self.merges):
                         with jax.named_scope("merge"):
                             x = self.merges[i](x)
             return self.norm(x)
+
+    def _stage(self, blocks, x: jax.Array) -> jax.Array:
+        """A stage's blocks on token rows, moved between map and window order only where windows change."""
+        rows, layout = None, None
+        for j, block in enumerate(blocks):
+            windows = block.windows(x.shape)
+            if windows != layout:
+                with jax.named_scope("relayout"):
+                    rows = windows.rows(x if layout is None else layout.map(rows))
+                layout = windows
+            with jax.named_scope(f"block{j}"):
+                if self.remat is None:
+                    rows = block(rows, windows)
+                else:
+                    policy = REMAT_POLICIES[self.remat]
+                    rows = nnx.remat(type(block).__call__, policy=policy, static_argnums=(2,))(block, rows, windows)
+        with jax.named_scope("relayout"):
+            return layout.map(rows)

@@ -108,22 +108,28 @@ def _probabilities(q, k, bias_ref, mask_ref, h: int, scale: float):
     return p / p.sum(axis=-1, keepdims=True)
 
 
-def _with_bias(qkv_ref, qkv_bias_ref):
+def _windows(ref, vol: int) -> jax.Array:
+    """A block as [windows, V, width]: a block of token rows [windows * V, width] is split in VMEM."""
+    x = ref[...]
+    return x.reshape(-1, vol, x.shape[-1]) if x.ndim == 2 else x
+
+
+def _with_bias(qkv_ref, qkv_bias_ref, vol: int):
     """qkv + its projection's bias, added in qkv's dtype as `nnx.Linear` adds it."""
-    return qkv_ref[...] + qkv_bias_ref[...].astype(qkv_ref.dtype)[None]
+    return _windows(qkv_ref, vol) + qkv_bias_ref[...].astype(qkv_ref.dtype)[None]
 
 
 def _forward_kernel(*refs, heads: int, scale: float, masked: bool):
     qkv_ref, qkv_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
     (o_ref,) = rest
-    qkv = _with_bias(qkv_ref, qkv_bias_ref)
+    qkv = _with_bias(qkv_ref, qkv_bias_ref, bias_ref.shape[-1])
     outs = []
     for h in range(heads):
         q, k, v = _heads(qkv, heads, h)
         p = _probabilities(q, k, bias_ref, mask_ref, h, scale)
         outs.append(jnp.einsum("bqk,bkd->bqd", p.astype(v.dtype), v, preferred_element_type=_acc(v.dtype)))
-    o_ref[...] = jnp.concatenate(outs, axis=-1).astype(o_ref.dtype)
+    o_ref[...] = jnp.concatenate(outs, axis=-1).reshape(o_ref.shape).astype(o_ref.dtype)
 
 
 def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
@@ -136,7 +142,8 @@ def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
         dbias_ref[...] = jnp.zeros_like(dbias_ref)
         dqkv_bias_ref[...] = jnp.zeros_like(dqkv_bias_ref)
 
-    qkv, do = _with_bias(qkv_ref, qkv_bias_ref), do_ref[...]
+    vol = bias_ref.shape[-1]
+    qkv, do = _with_bias(qkv_ref, qkv_bias_ref, vol), _windows(do_ref, vol)
     d = do.shape[-1] // heads
     grads, dbias, acc = [[], [], []], [], _acc(qkv.dtype)
     for h in range(heads):
@@ -150,27 +157,41 @@ def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
         grads[2].append(jnp.einsum("bqk,bqd->bkd", p.astype(do.dtype), do_h, preferred_element_type=acc))
         dbias.append(ds.sum(axis=0))
     dqkv = jnp.concatenate(grads[0] + grads[1] + grads[2], axis=-1)
-    dqkv_ref[...] = dqkv.astype(dqkv_ref.dtype)
+    dqkv_ref[...] = dqkv.reshape(dqkv_ref.shape).astype(dqkv_ref.dtype)
     dqkv_bias_ref[...] += dqkv.astype(jnp.float32).sum(axis=(0, 1))[None]
     dbias_ref[...] += jnp.stack(dbias)
 
 
-def block_windows(n: int, nw: int, vol: int, width: int = 0, itemsize: int = 2) -> int:
+def block_windows(n: int, nw: int, vol: int, width: int = 0, itemsize: int = 2, rows: int = 1) -> int:
     """Windows per grid step: a divisor of the mask's period `nw` (so a block sees one run of masks) and
     of `n`, as large as SCORE_BYTES and QKV_BYTES allow for one block's float32 scores and its
-    [block, V, `width`] input."""
+    [block, V, `width`] input, and whose block * V token rows are a multiple of `rows` (a block of a
+    [tokens, width] array must span whole tiles); 0 when none is."""
     period = nw if nw > 1 else n
-    best = 1
+    best = 0
     for wb in range(1, period + 1):
         fits = wb * vol * vol * 4 <= SCORE_BYTES and wb * vol * width * itemsize <= QKV_BYTES
-        if period % wb == 0 and n % wb == 0 and fits:
+        if period % wb == 0 and n % wb == 0 and (wb * vol) % rows == 0 and (fits or not best):
             best = wb
     return best
 
 
-def _specs(n, vol, c3, heads, nw, wb, masked):
+def tile_rows(itemsize: int) -> int:
+    """Rows of one TPU tile of a 2-D array of this item size (8 x 32-bit words, 16 bf16 rows)."""
+    return 8 * max(1, 4 // itemsize)
+
+
+def _rows_spec(wb: int, vol: int, width: int, flat: bool) -> pl.BlockSpec:
+    """Grid step i's block of windows: [wb, V, width] of a [windows, V, width] array, or its wb * V rows
+    of a [tokens, width] one (`flat`)."""
+    if flat:
+        return pl.BlockSpec((wb * vol, width), lambda i: (i, 0))
+    return pl.BlockSpec((wb, vol, width), lambda i: (i, 0, 0))
+
+
+def _specs(vol, c3, heads, nw, wb, masked, flat):
     specs = [
-        pl.BlockSpec((wb, vol, c3), lambda i: (i, 0, 0)),
+        _rows_spec(wb, vol, c3, flat),
         pl.BlockSpec((1, c3), lambda i: (0, 0)),
         pl.BlockSpec((heads, vol, vol), lambda i: (0, 0, 0)),
     ]
@@ -180,11 +201,14 @@ def _specs(n, vol, c3, heads, nw, wb, masked):
     return specs
 
 
-def _blocks(qkv, mask) -> tuple[int, int, int, int, int]:
-    """(windows n, tokens V, width 3C, mask period nW, windows per grid step) of one call."""
-    n, vol, c3 = qkv.shape
+def _blocks(qkv, bias, mask) -> tuple[int, int, int, int, int, bool]:
+    """(windows n, tokens V, width 3C, mask period nW, windows per grid step, flat) of one call; `flat`:
+    `qkv` is [n * V, 3C] token rows rather than [n, V, 3C] windows."""
+    flat, vol, c3 = qkv.ndim == 2, bias.shape[-1], qkv.shape[-1]
+    n = qkv.shape[0] // vol if flat else qkv.shape[0]
     nw = mask.shape[0] if mask is not None else 1
-    return n, vol, c3, nw, block_windows(n, nw, vol, c3, qkv.dtype.itemsize)
+    rows = tile_rows(qkv.dtype.itemsize) if flat else 1
+    return n, vol, c3, nw, block_windows(n, nw, vol, c3, qkv.dtype.itemsize, rows), flat
 
 
 def _cost(n, vol, c3, heads, matmuls: int, io_bytes: int, masked: bool) -> pl.CostEstimate:
@@ -207,15 +231,16 @@ def _pallas(qkv, qkv_bias, bias, mask, heads: int, interpret: bool | None):
 
 
 def _pallas_forward(qkv, qkv_bias, bias, mask, heads, interpret):
-    n, vol, c3, nw, wb = _blocks(qkv, mask)
+    n, vol, c3, nw, wb, flat = _blocks(qkv, bias, mask)
     masked, itemsize = mask is not None, qkv.dtype.itemsize
+    out_shape = (n * vol, c3 // 3) if flat else (n, vol, c3 // 3)
     args = (qkv, qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ())
     call = lambda interpret: pl.pallas_call(  # noqa: E731
         functools.partial(_forward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
         grid=(n // wb,),
-        in_specs=_specs(n, vol, c3, heads, nw, wb, masked),
-        out_specs=pl.BlockSpec((wb, vol, c3 // 3), lambda i: (i, 0, 0)),
-        out_shape=jax.ShapeDtypeStruct((n, vol, c3 // 3), qkv.dtype),
+        in_specs=_specs(vol, c3, heads, nw, wb, masked, flat),
+        out_specs=_rows_spec(wb, vol, c3 // 3, flat),
+        out_shape=jax.ShapeDtypeStruct(out_shape, qkv.dtype),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",), vmem_limit_bytes=VMEM_LIMIT),
         cost_estimate=_cost(
             n, vol, c3, heads, 2, n * vol * (c3 + c3 // 3) * itemsize + bias.size * bias.dtype.itemsize, masked,
@@ -240,15 +265,15 @@ def _pallas_fwd(qkv, qkv_bias, bias, mask, heads, interpret):
 
 def _pallas_bwd(heads, interpret, residuals, do):
     qkv, qkv_bias, bias, mask = residuals
-    n, vol, c3, nw, wb = _blocks(qkv, mask)
+    n, vol, c3, nw, wb, flat = _blocks(qkv, bias, mask)
     masked, itemsize = mask is not None, qkv.dtype.itemsize
     args = (qkv, qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ()) + (do,)
     call = lambda interpret: pl.pallas_call(  # noqa: E731
         functools.partial(_backward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
         grid=(n // wb,),
-        in_specs=_specs(n, vol, c3, heads, nw, wb, masked) + [pl.BlockSpec((wb, vol, c3 // 3), lambda i: (i, 0, 0))],
+        in_specs=_specs(vol, c3, heads, nw, wb, masked, flat) + [_rows_spec(wb, vol, c3 // 3, flat)],
         out_specs=[
-            pl.BlockSpec((wb, vol, c3), lambda i: (i, 0, 0)),
+            _rows_spec(wb, vol, c3, flat),
             pl.BlockSpec((1, c3), lambda i: (0, 0)),
             pl.BlockSpec((heads, vol, vol), lambda i: (0, 0, 0)),
         ],
@@ -285,7 +310,16 @@ def pallas(
     """
     mask = None if mask is None else jnp.asarray(mask, jnp.float32)
     qkv_bias = jnp.zeros(qkv.shape[-1], qkv.dtype) if qkv_bias is None else qkv_bias
-    return per_device(functools.partial(_pallas, heads=heads, interpret=interpret), qkv, qkv_bias, bias, mask)
+    return per_device(functools.partial(_tiled, heads=heads, interpret=interpret), qkv, qkv_bias, bias, mask)
+
+
+def _tiled(qkv, qkv_bias, bias, mask, heads: int, interpret: bool | None):
+    """`_pallas` on token rows, or on windows when no block of whole windows spans whole tiles of rows
+    (then XLA splits the rows into windows, a copy)."""
+    if qkv.ndim == 2 and not _blocks(qkv, bias, mask)[4]:
+        windows = qkv.reshape(-1, bias.shape[-1], qkv.shape[-1])
+        return _pallas(windows, qkv_bias, bias, mask, heads, interpret).reshape(qkv.shape[0], -1)
+    return _pallas(qkv, qkv_bias, bias, mask, heads, interpret)
 
 
 def cudnn(qkv: jax.Array, bias: jax.Array, mask, heads: int, implementation: str | None = "cudnn") -> jax.Array:
@@ -325,8 +359,13 @@ def _batch_axes(mesh) -> tuple[str, ...]:
 def attention(
     qkv: jax.Array, bias: jax.Array, mask, heads: int, impl: str = "xla", dropout=None, qkv_bias=None
 ) -> jax.Array:
+    """`qkv` as [windows, V, 3C], or as [windows * V, 3C] token rows (the result then [windows * V, C]),
+    which the Pallas kernel reads without a copy and the other paths split into windows."""
     if impl == "pallas":
         return pallas(qkv, bias, mask, heads, qkv_bias)
+    if qkv.ndim == 2:
+        out = attention(qkv.reshape(-1, bias.shape[-1], qkv.shape[-1]), bias, mask, heads, impl, dropout, qkv_bias)
+        return out.reshape(qkv.shape[0], -1)
     if qkv_bias is not None:
         qkv = qkv + qkv_bias.astype(qkv.dtype)
     if impl == "xla":

@@ -13,8 +13,8 @@ from flax import nnx
 from avcanet_jax import pretrained
 from avcanet_jax.avcanet import AVCANet, ModelConfig
 from avcanet_jax.fusion import FusionConfig, LocalFusion, PyramidLevel, band_mask
-from avcanet_jax.layers import Mlp
-from avcanet_jax.swin3d import SwinConfig, SwinTransformer3d
+from avcanet_jax.layers import DropPath, Mlp
+from avcanet_jax.swin3d import SwinConfig, SwinTransformer3d, Windows
 
 TINY_SWIN = SwinConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
 TINY = ModelConfig(
@@ -155,6 +155,30 @@ def test_remat_gives_the_same_gradients(remat):
 
     for x, y in zip(grads(False), grads(remat), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (1, 3, 3)])
+def test_token_rows_are_windows_of_the_map_and_back(shift):
+    """A 5 x 9 x 9 map in (2, 7, 7) windows: padded to 6 x 14 x 14, rows of windows in T, H, W order."""
+    x = np.random.default_rng(0).standard_normal((2, 5, 9, 9, 3)).astype(np.float32)
+    windows = Windows.of(x.shape, (2, 7, 7), shift)
+    assert windows.padded == (6, 14, 14) and windows.volume == 98
+    rows = windows.rows(jnp.asarray(x))
+    assert rows.shape == (2 * 3 * 2 * 2 * 98, 3)
+    np.testing.assert_array_equal(windows.map(rows), x)
+    assert windows.valid.sum() == x[..., 0].size  # Padding rows are zeros, and only they are invalid.
+    np.testing.assert_array_equal(np.asarray(rows)[~windows.valid], 0)
+    # The first window of a shifted map starts at the shift (the map is rolled back by it).
+    np.testing.assert_array_equal(rows[0], x[0, shift[0], shift[1], shift[2]])
+
+
+def test_drop_path_keeps_or_drops_each_example_whole_on_its_rows():
+    x = jnp.ones((16 * 6, 3))
+    drop = DropPath(0.5, nnx.Rngs(dropout=0))
+    out = np.asarray(drop(x, batch=16)).reshape(16, 6, 3)
+    assert set(np.unique(out)) == {0.0, 2.0} and all(len(np.unique(e)) == 1 for e in out)
+    again = DropPath(0.5, nnx.Rngs(dropout=0))(x.reshape(16, 6, 3))  # The same draw as on [batch, ...].
+    np.testing.assert_array_equal(out, again)
 
 
 def test_every_parameter_has_logical_axes():

@@ -41,6 +41,15 @@ def test_swin3d_t_matches_torchvision():
     np.testing.assert_allclose(out, expected.transpose(0, 1, 2, 3, 4), atol=1e-4, rtol=0)
 
 
+def test_swin3d_t_matches_torchvision_where_windows_do_not_tile_the_map():
+    """9 x 9 x 9 tokens in stage 1: padded maps, shifted windows over padding, shrunken windows."""
+    x, expected, state = _fixture("swin3d_t_padded.npz")
+    model = SwinTransformer3d(SWIN_SIZES["tiny"], nnx.Rngs(0))
+    pretrained.load_swin3d(model, state)
+    model.eval()
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda x: model(x))(x)), expected, atol=1e-4, rtol=0)
+
+
 def test_resnet34_matches_torchvision():
     x, expected, state = _fixture("resnet34.npz")
     model = ResNet(34, RGB_STEM, nnx.Rngs(0), num_classes=1000)

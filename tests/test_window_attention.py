@@ -167,3 +167,59 @@ def test_cudnn_equals_the_reference_at_stage_1_shapes(masked):
     want = jax.grad(loss("xla"), argnums=(0, 1))(*exact)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=3e-2 * float(np.abs(w).max()))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_token_rows_equal_windows_forward_and_gradients(masked):
+    """qkv as [windows * V, 3C] rows (how the Swin blocks hold their tokens): the kernel reads the rows
+    in blocks of whole windows, with the same numbers as on [windows, V, 3C]."""
+    qkv, bias, mask = _inputs(2, masked)
+    rows = qkv.reshape(-1, qkv.shape[-1])
+    want = wa.attention(qkv, bias, mask, HEADS, "pallas", qkv_bias=QKV_BIAS)
+    got = wa.attention(rows, bias, mask, HEADS, "pallas", qkv_bias=QKV_BIAS)
+    assert got.shape == (rows.shape[0], HEADS * HEAD_DIM)
+    np.testing.assert_allclose(got, want.reshape(got.shape), atol=1e-6)
+    jaxpr = jax.make_jaxpr(lambda q: wa.attention(q, bias, mask, HEADS, "pallas"))(rows)
+    assert {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)} >= {rows.shape}  # Rows reach the kernel as are.
+
+    def rows_loss(q, b, qb):
+        return _loss("xla", mask)(q.reshape(qkv.shape), b, qb)
+
+    want = jax.grad(_loss("pallas", mask), argnums=(0, 1, 2))(qkv, bias, QKV_BIAS)
+    weights = jnp.cos(jnp.arange(HEADS * HEAD_DIM, dtype=jnp.float32))
+    got = jax.grad(
+        lambda q, b, qb: (wa.attention(q, b, mask, HEADS, "pallas", qkv_bias=qb) * weights).sum(), argnums=(0, 1, 2)
+    )(rows, bias, QKV_BIAS)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g.reshape(w.shape), w, atol=5e-6 * float(np.abs(w).max()))
+    ref = jax.grad(rows_loss, argnums=(0, 1, 2))(rows, bias, QKV_BIAS)
+    np.testing.assert_allclose(got[0], ref[0], atol=5e-6 * float(np.abs(ref[0]).max()))
+
+
+def _pallas_operands(jaxpr):
+    """The operands of every pallas_call in a jaxpr, nested ones included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            yield from eqn.invars
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            yield from _pallas_operands(sub)
+
+
+def test_token_rows_that_no_block_of_windows_tiles_are_split_into_windows_first():
+    """9-token windows, 2 of them: no whole number of windows makes 8 float32 rows, so the rows go to the
+    kernel as windows (a copy) and give the same result; the other paths take rows too."""
+    rng = np.random.default_rng(1)
+    qkv = jnp.asarray(rng.standard_normal((2, 9, 3 * HEADS * HEAD_DIM)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal((HEADS, 9, 9)), jnp.float32)
+    assert wa.block_windows(n=2, nw=1, vol=9, rows=wa.tile_rows(4)) == 0
+    want = wa.reference(qkv, bias, None, HEADS)
+    for impl in ("pallas", "xla", "dot_product"):
+        got = wa.attention(qkv.reshape(18, -1), bias, None, HEADS, impl)
+        np.testing.assert_allclose(got, want.reshape(18, -1), atol=2e-6)
+
+
+def test_blocks_of_token_rows_span_whole_tiles():
+    assert wa.tile_rows(2) == 16 and wa.tile_rows(4) == 8
+    assert wa.block_windows(n=512, nw=16, vol=196, rows=16) == 8  # Stage 1: 1,568 rows per block.
+    assert wa.block_windows(n=128, nw=4, vol=196, rows=16) == 4  # Stage 2: 784 rows.
+    assert wa.block_windows(n=14, nw=1, vol=196, rows=16) == 0  # 196 * 7 rows is not a multiple of 16.

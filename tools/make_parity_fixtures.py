@@ -59,7 +59,7 @@ def main():
     side = 112 if args.full_size else 56
 
     swin = torchvision.models.video.swin3d_t().eval()
-    manifest = _load_random(swin, args.seed)
+    manifest = manifest_swin = _load_random(swin, args.seed)
     x = rng.uniform(-1, 1, (1, 3, 8, side, side)).astype(np.float32)
     with torch.no_grad():
         t = torch.from_numpy(x)
@@ -87,6 +87,21 @@ def main():
         args.seed,
         manifest,
         {"model": "resnet34", "input_layout": "BHWC"},
+    )
+
+    # Maps that windows do not tile: 9 x 9 x 9 tokens in stage 1 (padded to 16 x 14 x 14, shifted by
+    # 4, 3, 3), 9 x 5 x 5 in stage 2 (padded in time only), so padding meets shifts and window shrinking.
+    x = rng.uniform(-1, 1, (1, 3, 18, 36, 36)).astype(np.float32)
+    with torch.no_grad():
+        feats = swin.norm(swin.features(swin.patch_embed(torch.from_numpy(x))))
+    _save(
+        os.path.join(args.out, "swin3d_t_padded.npz"),
+        swin,
+        x.transpose(0, 2, 3, 4, 1),
+        feats.numpy(),
+        args.seed,
+        manifest_swin,
+        {"model": "swin3d_t", "input_layout": "BTHWC"},
     )
 
 
