@@ -136,6 +136,29 @@ def _merge(windows: jax.Array, window, b: int, padded) -> jax.Array:
     return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t, h, w, c)
 
 
+def shift_by_products(x: jax.Array, shift, axes) -> jax.Array:
+    """`jnp.roll(x, shift, axes)` as products with one-hot [n, n] matrices, one per axis: exact (each
+    output is one input times 1, accumulated in float32, float32 inputs at full precision), and on a
+    TPU cheaper than `jnp.roll`, whose slices and concatenation XLA does not fuse there (two whole
+    passes over the map per axis against about half of one: `python -m avcanet_jax.aot --profile`)."""
+    precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+    for s, a in zip(shift, axes, strict=True):
+        n = x.shape[a]
+        if s % n == 0:
+            continue
+        onehot = jnp.asarray(np.roll(np.eye(n, dtype=np.float32), s, axis=1), x.dtype)  # [i, (i + s) % n] = 1
+        y = jnp.tensordot(x, onehot, axes=([a], [0]), precision=precision, preferred_element_type=jnp.float32)
+        x = jnp.moveaxis(y.astype(x.dtype), -1, a)
+    return x
+
+
+def cyclic_shift(x: jax.Array, shift, axes) -> jax.Array:
+    """`jnp.roll`, done by `shift_by_products` when compiling for a TPU."""
+    return jax.lax.platform_dependent(
+        x, tpu=lambda x: shift_by_products(x, shift, axes), default=lambda x: jnp.roll(x, shift, axes)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Windows:
     """How a block groups a [batch, *size, C] map into windows: its (possibly shrunken) window and shift
@@ -174,11 +197,13 @@ class Windows:
         return self.rows(np.ones((self.batch, *self.size, 1), bool), np)[:, 0]
 
     def rows(self, x, xp=jnp):
-        """[B, T, H, W, C] map -> [rows, C] (padding with zeros, rolling by -shift); `xp`: jnp or np."""
+        """[B, T, H, W, C] map -> [rows, C] (padding with zeros, rolling by -shift); `xp`: jnp, or np for
+        constants."""
         pad = [(0, p - s) for s, p in zip(self.size, self.padded, strict=True)]
         x = xp.pad(x, [(0, 0), *pad, (0, 0)])
         if any(self.shift):
-            x = xp.roll(x, [-s for s in self.shift], axis=(1, 2, 3))
+            shift = [-s for s in self.shift]
+            x = np.roll(x, shift, axis=(1, 2, 3)) if xp is np else cyclic_shift(x, shift, (1, 2, 3))
         windows = _partition(x, self.window)
         return windows.reshape(-1, windows.shape[-1])
 
@@ -186,7 +211,7 @@ class Windows:
         """Inverse of `rows`: [rows, C] -> [B, T, H, W, C] (padding dropped)."""
         x = _merge(rows.reshape(-1, self.volume, rows.shape[-1]), self.window, self.batch, self.padded)
         if any(self.shift):
-            x = jnp.roll(x, self.shift, axis=(1, 2, 3))
+            x = cyclic_shift(x, self.shift, (1, 2, 3))
         t, h, w = self.size
         return x[:, :t, :h, :w]
 
