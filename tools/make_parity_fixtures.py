@@ -47,6 +47,21 @@ def _save(path: str, model: torch.nn.Module, inputs: np.ndarray, outputs: np.nda
     print(f"wrote {path}: input {inputs.shape} -> output {outputs.shape}, |out| max {np.abs(outputs).max():.3f}")
 
 
+def _save_swin(path: str, swin: torch.nn.Module, x: np.ndarray, seed: int, manifest) -> None:
+    """The backbone's features (before pooling and head) for input `x` [B, C, T, H, W]."""
+    with torch.no_grad():
+        feats = swin.norm(swin.features(swin.patch_embed(torch.from_numpy(x))))
+    _save(
+        path,
+        swin,
+        x.transpose(0, 2, 3, 4, 1),
+        feats.numpy(),
+        seed,
+        manifest,
+        {"model": "swin3d_t", "input_layout": "BTHWC"},
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -59,20 +74,9 @@ def main():
     side = 112 if args.full_size else 56
 
     swin = torchvision.models.video.swin3d_t().eval()
-    manifest = manifest_swin = _load_random(swin, args.seed)
+    manifest_swin = _load_random(swin, args.seed)
     x = rng.uniform(-1, 1, (1, 3, 8, side, side)).astype(np.float32)
-    with torch.no_grad():
-        t = torch.from_numpy(x)
-        feats = swin.norm(swin.features(swin.patch_embed(t)))  # The backbone, before pooling and head.
-    _save(
-        os.path.join(args.out, "swin3d_t.npz"),
-        swin,
-        x.transpose(0, 2, 3, 4, 1),
-        feats.numpy(),
-        args.seed,
-        manifest,
-        {"model": "swin3d_t", "input_layout": "BTHWC"},
-    )
+    _save_swin(os.path.join(args.out, "swin3d_t.npz"), swin, x, args.seed, manifest_swin)
 
     resnet = torchvision.models.resnet34().eval()
     manifest = _load_random(resnet, args.seed)
@@ -92,17 +96,7 @@ def main():
     # Maps that windows do not tile: 9 x 9 x 9 tokens in stage 1 (padded to 16 x 14 x 14, shifted by
     # 4, 3, 3), 9 x 5 x 5 in stage 2 (padded in time only), so padding meets shifts and window shrinking.
     x = rng.uniform(-1, 1, (1, 3, 18, 36, 36)).astype(np.float32)
-    with torch.no_grad():
-        feats = swin.norm(swin.features(swin.patch_embed(torch.from_numpy(x))))
-    _save(
-        os.path.join(args.out, "swin3d_t_padded.npz"),
-        swin,
-        x.transpose(0, 2, 3, 4, 1),
-        feats.numpy(),
-        args.seed,
-        manifest_swin,
-        {"model": "swin3d_t", "input_layout": "BTHWC"},
-    )
+    _save_swin(os.path.join(args.out, "swin3d_t_padded.npz"), swin, x, args.seed, manifest_swin)
 
 
 if __name__ == "__main__":
