@@ -24,7 +24,10 @@ Four implementations of one function, `attention(qkv, bias, mask, heads, impl)`:
 
 `qkv` is [N, V, 3C] with N = batch x windows (windows fastest), `bias` [heads, V, V], `mask` [nW, V, V]
 (0 or -100, the shifted-window mask of window n % nW) or None, `qkv_bias` [3C] (added to `qkv` first).
-The result is [N, V, C].
+The result is [N, V, C]. `qkv` may also be token rows [N * V, 3C] (how the Swin blocks hold tokens), and
+the result is then [N * V, C]: the Pallas kernel reads blocks of whole windows' rows as they are (a
+block's rows must fill whole tiles, 16 bf16 rows; where no block of windows does, the rows are split
+into windows first), the other paths split them into windows.
 """
 
 from __future__ import annotations
