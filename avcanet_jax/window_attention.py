@@ -168,8 +168,8 @@ def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
 def block_windows(n: int, nw: int, vol: int, width: int = 0, itemsize: int = 2, rows: int = 1) -> int:
     """Windows per grid step: a divisor of the mask's period `nw` (so a block sees one run of masks) and
     of `n`, as large as SCORE_BYTES and QKV_BYTES allow for one block's float32 scores and its
-    [block, V, `width`] input, and whose block * V token rows are a multiple of `rows` (a block of a
-    [tokens, width] array must span whole tiles); 0 when none is."""
+    [block, V, `width`] input (the smallest one otherwise), and whose block * V token rows are a
+    multiple of `rows` (a block of a [tokens, width] array must span whole tiles); 0 when none is."""
     period = nw if nw > 1 else n
     best = 0
     for wb in range(1, period + 1):
