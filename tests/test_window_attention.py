@@ -180,20 +180,14 @@ def test_token_rows_equal_windows_forward_and_gradients(masked):
     assert got.shape == (rows.shape[0], HEADS * HEAD_DIM)
     np.testing.assert_allclose(got, want.reshape(got.shape), atol=1e-6)
     jaxpr = jax.make_jaxpr(lambda q: wa.attention(q, bias, mask, HEADS, "pallas"))(rows)
-    assert {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)} >= {rows.shape}  # Rows reach the kernel as are.
+    assert rows.shape in {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}  # No split into windows first.
 
-    def rows_loss(q, b, qb):
-        return _loss("xla", mask)(q.reshape(qkv.shape), b, qb)
-
-    want = jax.grad(_loss("pallas", mask), argnums=(0, 1, 2))(qkv, bias, QKV_BIAS)
-    weights = jnp.cos(jnp.arange(HEADS * HEAD_DIM, dtype=jnp.float32))
-    got = jax.grad(
-        lambda q, b, qb: (wa.attention(q, b, mask, HEADS, "pallas", qkv_bias=qb) * weights).sum(), argnums=(0, 1, 2)
-    )(rows, bias, QKV_BIAS)
+    # Gradients on rows against the reference's on windows: d qkv, d relative bias, d qkv projection bias.
+    want = jax.grad(_loss("xla", mask), argnums=(0, 1, 2))(qkv, bias, QKV_BIAS)
+    got = jax.grad(_loss("pallas", mask), argnums=(0, 1, 2))(rows, bias, QKV_BIAS)
+    assert got[0].shape == rows.shape
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g.reshape(w.shape), w, atol=5e-6 * float(np.abs(w).max()))
-    ref = jax.grad(rows_loss, argnums=(0, 1, 2))(rows, bias, QKV_BIAS)
-    np.testing.assert_allclose(got[0], ref[0], atol=5e-6 * float(np.abs(ref[0]).max()))
 
 
 def _pallas_operands(jaxpr):
