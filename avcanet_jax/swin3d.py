@@ -189,9 +189,10 @@ class Windows:
         """[nW, V, V] shifted-window mask, or None without a shift."""
         return shift_mask(self.padded, self.window, self.shift) if any(self.shift) else None
 
-    @property
+    @functools.cached_property
     def valid(self) -> np.ndarray | None:
-        """[rows] True where a row is a token of the map, not padding; None without padding."""
+        """[rows] True where a row is a token of the map, not padding; None without padding (made once
+        per `Windows`, which the blocks of a stage share)."""
         if self.padded == self.size:
             return None
         return self.rows(np.ones((self.batch, *self.size, 1), bool), np)[:, 0]

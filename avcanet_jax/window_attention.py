@@ -330,8 +330,6 @@ def cudnn(qkv: jax.Array, bias: jax.Array, mask, heads: int, implementation: str
     kernel: the per-window layouts `dot_product` builds are then local, and the bias gradient of each
     share is summed by shard_map's transpose rather than left to the custom call's partitioning rules.
     (`implementation=None` runs the same code through XLA, which is how CPU tests check the sharding.)"""
-    if mask is None:
-        return per_device(lambda q, b: dot_product(q, b, None, heads, implementation), qkv, bias)
     return per_device(lambda q, b, m: dot_product(q, b, m, heads, implementation), qkv, bias, mask)
 
 
