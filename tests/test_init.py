@@ -15,6 +15,7 @@ from flax import nnx
 from avcanet_jax import config_checks
 from avcanet_jax.avcanet import AVCANet, ModelConfig
 from avcanet_jax.fusion import FusionConfig
+from avcanet_jax.layers import BF16
 from avcanet_jax.resnet import batch_norm
 from avcanet_jax.swin3d import SwinConfig
 from configs import base
@@ -115,6 +116,33 @@ def test_batch_norm_update_equals_pytorchs():
     before = np.asarray(bn.var[...])
     bn(jnp.asarray(x))
     np.testing.assert_array_equal(bn.var[...], before)
+
+
+def test_batch_norm_in_bfloat16_keeps_float32_scale_and_bias():
+    """As in PyTorch's mixed precision, the weights stay float32 (nnx.BatchNorm rounds them to its compute
+    dtype): the output uses them unrounded, in training and evaluation, and their gradients are float32
+    sums rather than bfloat16 ones."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((64, 5, 8)) * 3 + 1, jnp.bfloat16)
+    dy = jnp.asarray(rng.standard_normal((64, 5, 8)), jnp.bfloat16)
+    weights = {"scale": 1.75 + rng.uniform(0.001, 0.005, 8), "bias": rng.uniform(-1, 1, 8)}  # Not bf16 values.
+
+    def run(bn):
+        for name, value in weights.items():
+            getattr(bn, name)[...] = jnp.asarray(value, jnp.float32)
+        grads = nnx.grad(lambda bn: (bn(x).astype(jnp.float32) * dy).sum())(bn)
+        bn.eval()
+        return {"train": grads, "eval": bn(x)}
+
+    ours = run(batch_norm(8, nnx.Rngs(0), BF16))
+    f32 = run(batch_norm(8, nnx.Rngs(0), ModelConfig().precision))
+    for name in weights:
+        g, ref = ours["train"][name][...], f32["train"][name][...]
+        assert g.dtype == jnp.float32 and (g != g.astype(jnp.bfloat16).astype(jnp.float32)).any()
+        np.testing.assert_allclose(g, ref, rtol=2e-2, atol=0.1)
+    # Evaluation: the running statistics with the float32 weights, rounded once at the end.
+    expected = np.asarray(f32["eval"]).astype(jnp.bfloat16).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(ours["eval"], np.float32), expected, rtol=2e-2, atol=2e-2)
 
 
 def test_the_global_heads_and_attention_dropout_are_config_fields():
