@@ -136,29 +136,6 @@ def _merge(windows: jax.Array, window, b: int, padded) -> jax.Array:
     return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t, h, w, c)
 
 
-def shift_by_products(x: jax.Array, shift, axes) -> jax.Array:
-    """`jnp.roll(x, shift, axes)` as products with one-hot [n, n] matrices, one per axis: exact (each
-    output is one input times 1, accumulated in float32, float32 inputs at full precision), and on a
-    TPU cheaper than `jnp.roll`, whose slices and concatenation XLA does not fuse there (two whole
-    passes over the map per axis against about half of one: `python -m avcanet_jax.aot --profile`)."""
-    precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
-    for s, a in zip(shift, axes, strict=True):
-        n = x.shape[a]
-        if s % n == 0:
-            continue
-        onehot = jnp.asarray(np.roll(np.eye(n, dtype=np.float32), s, axis=1), x.dtype)  # [i, (i + s) % n] = 1
-        y = jnp.tensordot(x, onehot, axes=([a], [0]), precision=precision, preferred_element_type=jnp.float32)
-        x = jnp.moveaxis(y.astype(x.dtype), -1, a)
-    return x
-
-
-def cyclic_shift(x: jax.Array, shift, axes) -> jax.Array:
-    """`jnp.roll`, done by `shift_by_products` when compiling for a TPU."""
-    return jax.lax.platform_dependent(
-        x, tpu=lambda x: shift_by_products(x, shift, axes), default=lambda x: jnp.roll(x, shift, axes)
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Windows:
     """How a block groups a [batch, *size, C] map into windows: its (possibly shrunken) window and shift
@@ -175,6 +152,12 @@ class Windows:
         """The windows of a block with this window and shift on a map of `shape` [B, T, H, W, C]."""
         size = tuple(shape[1:4])
         return cls(shape[0], size, *window_and_shift(size, window, shift))
+
+    @classmethod
+    def whole(cls, shape) -> Windows:
+        """The map itself as one window per example: its rows are the map's tokens in T, H, W order."""
+        size = tuple(shape[1:4])
+        return cls(shape[0], size, size, (0, 0, 0))
 
     @property
     def padded(self) -> tuple[int, int, int]:
@@ -204,7 +187,7 @@ class Windows:
         x = xp.pad(x, [(0, 0), *pad, (0, 0)])
         if any(self.shift):
             shift = [-s for s in self.shift]
-            x = np.roll(x, shift, axis=(1, 2, 3)) if xp is np else cyclic_shift(x, shift, (1, 2, 3))
+            x = xp.roll(x, shift, axis=(1, 2, 3))
         windows = _partition(x, self.window)
         return windows.reshape(-1, windows.shape[-1])
 
@@ -212,9 +195,61 @@ class Windows:
         """Inverse of `rows`: [rows, C] -> [B, T, H, W, C] (padding dropped)."""
         x = _merge(rows.reshape(-1, self.volume, rows.shape[-1]), self.window, self.batch, self.padded)
         if any(self.shift):
-            x = cyclic_shift(x, self.shift, (1, 2, 3))
+            x = jnp.roll(x, self.shift, (1, 2, 3))
         t, h, w = self.size
         return x[:, :t, :h, :w]
+
+
+def _regroup_matrix(src: Windows, dst: Windows, axis: int) -> np.ndarray:
+    """[n, w, n', w'] one-hot along one axis (T, H or W): 1 where `src`'s window n, position w holds the
+    map position that `dst` puts in window n', position w'. Padding of either side matches nothing, so
+    padding rows come out zero, as `Windows.rows` pads."""
+
+    def positions(windows: Windows) -> np.ndarray:  # The map position of each index of the rolled map.
+        padded, size = windows.padded[axis], windows.size[axis]
+        where = (np.arange(padded) + windows.shift[axis]) % padded
+        return np.where(where < size, where, -1)
+
+    a, b = positions(src), positions(dst)
+    m = (a[:, None] == b[None, :]) & (a[:, None] >= 0)
+    n, w = src.padded[axis] // src.window[axis], src.window[axis]
+    return m.reshape(n, w, dst.padded[axis] // dst.window[axis], dst.window[axis]).astype(np.float32)
+
+
+def regroup_by_products(rows: jax.Array, src: Windows, dst: Windows) -> jax.Array:
+    """`dst.rows(src.map(rows))` as products with one one-hot matrix per axis that changes (pad, roll,
+    partition and their inverses in one): exact, since each output is one input times 1, accumulated in
+    float32 (float32 inputs at full precision)."""
+    assert (src.batch, src.size) == (dst.batch, dst.size), (src, dst)
+    c = rows.shape[-1]
+    counts = [p // w for p, w in zip(src.padded, src.window, strict=True)]
+    x = rows.reshape(src.batch, *counts, *src.window, c)
+    # Batch, windows along T, H and W, positions in a window along T, H and W, channels; a changed
+    # axis pair gets upper-case labels and moves to the end.
+    labels = list("btuvxyzc")
+    precision = jax.lax.Precision.HIGHEST if rows.dtype == jnp.float32 else None
+    for k in range(3):
+        if (src.padded[k], src.window[k], src.shift[k]) == (dst.padded[k], dst.window[k], dst.shift[k]):
+            continue
+        old, new = ["tuv"[k], "xyz"[k]], ["TUV"[k], "XYZ"[k]]
+        out = [label for label in labels if label not in old] + new
+        spec = f"{''.join(labels)},{''.join(old + new)}->{''.join(out)}"
+        matrix = jnp.asarray(_regroup_matrix(src, dst, k), rows.dtype)
+        x = jnp.einsum(spec, x, matrix, precision=precision, preferred_element_type=jnp.float32).astype(rows.dtype)
+        labels = out
+    order = ["b", *(new if new in labels else old for old, new in zip("tuvxyz", "TUVXYZ", strict=True)), "c"]
+    return x.transpose([labels.index(label) for label in order]).reshape(-1, c)
+
+
+def regroup(rows: jax.Array, src: Windows, dst: Windows) -> jax.Array:
+    """Token rows in `src`'s window order -> in `dst`'s (either may be `Windows.whole`: the map). On TPUs
+    by `regroup_by_products`: XLA fuses the products with their neighbours where it would copy for each
+    transpose and for `jnp.roll`, whose slices and concatenation it does not fuse there (the base
+    recipe's step on a v5e: 51.1 -> 48.9 million cycles, `python -m avcanet_jax.aot --profile`);
+    elsewhere as `src.map` then `dst.rows`, which cost no arithmetic."""
+    return jax.lax.platform_dependent(
+        rows, tpu=lambda r: regroup_by_products(r, src, dst), default=lambda r: dst.rows(src.map(r))
+    )
 
 
 class WindowAttention3d(nnx.Module):
@@ -403,12 +438,13 @@ class SwinTransformer3d(nnx.Module):
 
     def _stage(self, blocks, x: jax.Array) -> jax.Array:
         """A stage's blocks on token rows, moved between map and window order only where windows change."""
-        rows, layout = None, None
+        whole = Windows.whole(x.shape)
+        rows, layout = x.reshape(-1, x.shape[-1]), whole
         for j, block in enumerate(blocks):
             windows = block.windows(x.shape)
             if windows != layout:
                 with jax.named_scope("relayout"):
-                    rows = windows.rows(x if layout is None else layout.map(rows))
+                    rows = regroup(rows, layout, windows)
                 layout = windows
             with jax.named_scope(f"block{j}"):
                 if self.remat is None:
@@ -417,4 +453,4 @@ class SwinTransformer3d(nnx.Module):
                     policy = REMAT_POLICIES[self.remat]
                     rows = nnx.remat(type(block).__call__, policy=policy, static_argnums=(2,))(block, rows, windows)
         with jax.named_scope("relayout"):
-            return layout.map(rows)
+            return regroup(rows, layout, whole).reshape(x.shape)

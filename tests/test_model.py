@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -292,16 +294,25 @@ def test_approximate_gelu_is_the_tanh_form_in_every_swin_mlp():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
-def test_the_shift_by_products_is_exactly_roll(dtype):
-    """What `Windows` runs on TPUs instead of jnp.roll, checked here bit for bit, gradients included."""
-    from avcanet_jax.swin3d import shift_by_products
+@pytest.mark.parametrize("shape", [(2, 4, 14, 14, 8), (1, 9, 18, 18, 3)])  # Whole windows; padded and shrunk.
+def test_regrouping_by_products_is_exactly_map_then_rows(dtype, shape):
+    """What a stage runs on TPUs between the map and its window orders, checked here bit for bit,
+    gradients included: into the plain windows, from them to the shifted ones, back to the map."""
+    from avcanet_jax.swin3d import regroup_by_products
 
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 14, 14, 8)) * 1e3, dtype)
-    shift, axes = (-2, 3, -3), (1, 2, 3)
-    np.testing.assert_array_equal(shift_by_products(x, shift, axes), jnp.roll(x, shift, axes))
-    weights = jnp.cos(jnp.arange(x.size, dtype=jnp.float32)).reshape(x.shape)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape) * 1e3, dtype)
+    whole, plain, shifted = (Windows.whole(shape), Windows.of(shape, (8, 7, 7), (0, 0, 0)),
+                             Windows.of(shape, (8, 7, 7), (4, 3, 3)))  # fmt: skip
+    assert any(s != p for s, p in zip(shifted.size, shifted.padded, strict=True)) == (shape[1] == 9)
 
-    def grad(shift_fn):
-        return jax.grad(lambda x: (shift_fn(x, shift, axes).astype(jnp.float32) * weights).sum())(x)
+    def grad(fn, rows, shape):
+        weights = jnp.cos(jnp.arange(math.prod(shape), dtype=jnp.float32)).reshape(shape)
+        return jax.grad(lambda r: (fn(r).astype(jnp.float32) * weights).sum())(rows)
 
-    np.testing.assert_array_equal(grad(shift_by_products), grad(jnp.roll))
+    rows = x.reshape(-1, shape[-1])
+    for src, dst in ((whole, plain), (plain, shifted), (shifted, whole)):
+        by_products, by_maps = partial(regroup_by_products, src=src, dst=dst), lambda r, s=src, d=dst: d.rows(s.map(r))
+        want = by_maps(rows)
+        np.testing.assert_array_equal(by_products(rows), want)
+        np.testing.assert_array_equal(grad(by_products, rows, want.shape), grad(by_maps, rows, want.shape))
+        rows = want
