@@ -164,6 +164,11 @@ class Windows:
         return tuple(s + (-s) % w for s, w in zip(self.size, self.window, strict=True))
 
     @property
+    def counts(self) -> tuple[int, int, int]:
+        """Windows along T, H and W."""
+        return tuple(p // w for p, w in zip(self.padded, self.window, strict=True))
+
+    @property
     def volume(self) -> int:
         return math.prod(self.window)
 
@@ -212,8 +217,7 @@ def _regroup_matrix(src: Windows, dst: Windows, axis: int) -> np.ndarray:
 
     a, b = positions(src), positions(dst)
     m = (a[:, None] == b[None, :]) & (a[:, None] >= 0)
-    n, w = src.padded[axis] // src.window[axis], src.window[axis]
-    return m.reshape(n, w, dst.padded[axis] // dst.window[axis], dst.window[axis]).astype(np.float32)
+    return m.reshape(src.counts[axis], src.window[axis], dst.counts[axis], dst.window[axis]).astype(np.float32)
 
 
 def regroup_by_products(rows: jax.Array, src: Windows, dst: Windows) -> jax.Array:
@@ -222,8 +226,7 @@ def regroup_by_products(rows: jax.Array, src: Windows, dst: Windows) -> jax.Arra
     float32 (float32 inputs at full precision)."""
     assert (src.batch, src.size) == (dst.batch, dst.size), (src, dst)
     c = rows.shape[-1]
-    counts = [p // w for p, w in zip(src.padded, src.window, strict=True)]
-    x = rows.reshape(src.batch, *counts, *src.window, c)
+    x = rows.reshape(src.batch, *src.counts, *src.window, c)
     # Batch, windows along T, H and W, positions in a window along T, H and W, channels; a changed
     # axis pair gets upper-case labels and moves to the end.
     labels = list("btuvxyzc")
