@@ -301,6 +301,19 @@ class WindowAttention3d(nnx.Module):
         )
         return self.proj_drop(self.proj(out))
 
+    def after_norm(self, rows: jax.Array, windows: Windows, norm: nnx.LayerNorm) -> jax.Array:
+        """`self(norm(rows), windows)` with the Pallas kernel making the LayerNorm, the qkv projection and
+        the attention in one pass over the rows (`window_attention.sublayer`); maps without padding only."""
+        tokens, kernel, qkv_bias = nnx.nn.dtypes.promote_dtype(
+            (rows, self.qkv.kernel[...], self.qkv.bias[...]), dtype=self.dtype
+        )
+        mask = None if windows.mask is None else jnp.asarray(windows.mask)
+        out = window_attention.sublayer(
+            tokens, norm.scale[...], norm.bias[...], norm.epsilon, kernel, qkv_bias,
+            self._relative_bias(windows.window), mask, self.num_heads,
+        )  # fmt: skip
+        return self.proj_drop(self.proj(out))
+
 
 class SwinBlock3d(nnx.Module):
     """Pre-norm transformer block: x + DropPath(W-MSA(LN(x))), then x + DropPath(MLP(LN(x)))."""
@@ -327,6 +340,10 @@ class SwinBlock3d(nnx.Module):
 
     def __call__(self, rows: jax.Array, windows: Windows) -> jax.Array:
         """Token rows [B * nW * V, C] in `windows`' order -> the same rows after the block."""
+        if self.attn.impl == "pallas" and windows.valid is None and window_attention.sublayer_pays(rows.shape[-1]):
+            with jax.named_scope("attention"):  # Its LayerNorm included.
+                y = self.attn.after_norm(rows, windows, self.norm1)
+            return self._mlp(rows + self.drop_path(y, windows.batch), windows)
         with jax.named_scope("norm"):
             y = self.norm1(rows)
             valid = windows.valid
@@ -334,7 +351,9 @@ class SwinBlock3d(nnx.Module):
                 y = jnp.where(valid[:, None], y, jnp.zeros((), y.dtype))
         with jax.named_scope("attention"):
             y = self.attn(y, windows)
-        rows = rows + self.drop_path(y, windows.batch)
+        return self._mlp(rows + self.drop_path(y, windows.batch), windows)
+
+    def _mlp(self, rows: jax.Array, windows: Windows) -> jax.Array:
         with jax.named_scope("norm"):
             y = self.norm2(rows)
         with jax.named_scope("mlp"):

@@ -21,6 +21,9 @@ Four implementations of one function, `attention(qkv, bias, mask, heads, impl)`:
   The qkv projection's bias is added inside too, so its gradient (a sum over every token) is reduced
   in the backward kernel from values already on chip instead of in a separate pass over HBM.
   Runs on CPU in Pallas's interpreter (tests), and compiles for TPUs; not for GPUs.
+  `sublayer` is the same kernel with the block's LayerNorm and qkv projection inside: it reads the token
+  rows C-major, as XLA holds rows narrower than whole lanes, and returns their gradient so (the Swin
+  blocks use it at such widths, on maps that need no padding).
 
 `qkv` is [N, V, 3C] with N = batch x windows (windows fastest), `bias` [heads, V, V], `mask` [nW, V, V]
 (0 or -100, the shifted-window mask of window n % nW) or None, `qkv_bias` [3C] (added to `qkv` first).
@@ -100,12 +103,12 @@ def _acc(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _probabilities(q, k, bias_ref, mask_ref, h: int, scale: float):
+def _probabilities(q, k, bias_ref, mask, h: int, scale: float):
     """Softmax over keys in float32, as the reference computes it."""
     s = jnp.einsum("bqd,bkd->bqk", q, k, preferred_element_type=_acc(q.dtype)) * scale
     s = s + bias_ref[h].astype(s.dtype)[None]
-    if mask_ref is not None:
-        s = s + mask_ref[...].astype(s.dtype)
+    if mask is not None:
+        s = s + mask.astype(s.dtype)
     s = s.astype(jnp.float32)
     p = jnp.exp(s - s.max(axis=-1, keepdims=True))
     return p / p.sum(axis=-1, keepdims=True)
@@ -122,36 +125,59 @@ def _with_bias(qkv_ref, qkv_bias_ref, vol: int):
     return _windows(qkv_ref, vol) + qkv_bias_ref[...].astype(qkv_ref.dtype)[None]
 
 
+def _mask(mask_ref, start: int, count: int):
+    """The masks of windows start .. start + count of a block (None unmasked)."""
+    return None if mask_ref is None else mask_ref[pl.ds(start, count)]
+
+
+def _attend(qkv, bias_ref, mask, heads: int, scale: float):
+    """[windows, V, C] attention outputs of a block's qkv [windows, V, 3C], head by head."""
+    outs = []
+    for h in range(heads):
+        q, k, v = _heads(qkv, heads, h)
+        p = _probabilities(q, k, bias_ref, mask, h, scale)
+        outs.append(jnp.einsum("bqk,bkd->bqd", p.astype(v.dtype), v, preferred_element_type=_acc(v.dtype)))
+    return jnp.concatenate(outs, axis=-1)
+
+
 def _forward_kernel(*refs, heads: int, scale: float, masked: bool):
     qkv_ref, qkv_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
     (o_ref,) = rest
     qkv = _with_bias(qkv_ref, qkv_bias_ref, bias_ref.shape[-1])
-    outs = []
-    for h in range(heads):
-        q, k, v = _heads(qkv, heads, h)
-        p = _probabilities(q, k, bias_ref, mask_ref, h, scale)
-        outs.append(jnp.einsum("bqk,bkd->bqd", p.astype(v.dtype), v, preferred_element_type=_acc(v.dtype)))
-    o_ref[...] = jnp.concatenate(outs, axis=-1).reshape(o_ref.shape).astype(o_ref.dtype)
+    out = _attend(qkv, bias_ref, _mask(mask_ref, 0, qkv.shape[0]), heads, scale)
+    o_ref[...] = out.reshape(o_ref.shape).astype(o_ref.dtype)
 
 
 def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
     qkv_ref, qkv_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
     do_ref, dqkv_ref, dqkv_bias_ref, dbias_ref = rest
+    _zero_on_first_step(dqkv_bias_ref, dbias_ref)
+    vol = bias_ref.shape[-1]
+    qkv, do = _with_bias(qkv_ref, qkv_bias_ref, vol), _windows(do_ref, vol)
+    dqkv = _attend_backward(qkv, do, bias_ref, _mask(mask_ref, 0, qkv.shape[0]), heads, scale, dbias_ref)
+    dqkv_ref[...] = dqkv.reshape(dqkv_ref.shape).astype(dqkv_ref.dtype)
+    dqkv_bias_ref[...] += dqkv.astype(jnp.float32).sum(axis=(0, 1))[None]
+
+
+def _zero_on_first_step(*refs):
+    """Gradients summed over the grid start from zero (their blocks stay resident, the steps run in order)."""
 
     @pl.when(pl.program_id(0) == 0)
     def _():
-        dbias_ref[...] = jnp.zeros_like(dbias_ref)
-        dqkv_bias_ref[...] = jnp.zeros_like(dqkv_bias_ref)
+        for ref in refs:
+            ref[...] = jnp.zeros_like(ref)
 
-    vol = bias_ref.shape[-1]
-    qkv, do = _with_bias(qkv_ref, qkv_bias_ref, vol), _windows(do_ref, vol)
+
+def _attend_backward(qkv, do, bias_ref, mask, heads: int, scale: float, dbias_ref):
+    """d qkv [windows, V, 3C] of a block from d out [windows, V, C], the softmax recomputed from qkv; adds
+    the block's relative-bias gradient (the sum over its windows of the score gradient) to `dbias_ref`."""
     d = do.shape[-1] // heads
     grads, dbias, acc = [[], [], []], [], _acc(qkv.dtype)
     for h in range(heads):
         q, k, v = _heads(qkv, heads, h)
-        p = _probabilities(q, k, bias_ref, mask_ref, h, scale)
+        p = _probabilities(q, k, bias_ref, mask, h, scale)
         do_h = do[:, :, h * d : (h + 1) * d]
         dp = jnp.einsum("bqd,bkd->bqk", do_h, v, preferred_element_type=acc).astype(jnp.float32)
         ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True))  # Softmax's backward; scores never left VMEM.
@@ -159,10 +185,8 @@ def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
         grads[1].append(jnp.einsum("bqk,bqd->bkd", ds.astype(q.dtype), q, preferred_element_type=acc) * scale)
         grads[2].append(jnp.einsum("bqk,bqd->bkd", p.astype(do.dtype), do_h, preferred_element_type=acc))
         dbias.append(ds.sum(axis=0))
-    dqkv = jnp.concatenate(grads[0] + grads[1] + grads[2], axis=-1)
-    dqkv_ref[...] = dqkv.reshape(dqkv_ref.shape).astype(dqkv_ref.dtype)
-    dqkv_bias_ref[...] += dqkv.astype(jnp.float32).sum(axis=(0, 1))[None]
     dbias_ref[...] += jnp.stack(dbias)
+    return jnp.concatenate(grads[0] + grads[1] + grads[2], axis=-1)
 
 
 def block_windows(n: int, nw: int, vol: int, width: int = 0, itemsize: int = 2, rows: int = 1) -> int:
@@ -214,16 +238,20 @@ def _blocks(qkv, bias, mask) -> tuple[int, int, int, int, int, bool]:
     return n, vol, c3, nw, block_windows(n, nw, vol, c3, qkv.dtype.itemsize, rows), flat
 
 
-def _cost(n, vol, c3, heads, matmuls: int, io_bytes: int, masked: bool) -> pl.CostEstimate:
-    """What the kernel makes the chip do: its `matmuls` [V, V] x [V, d] products per window and head with
-    every dimension padded to the matrix unit (a head_dim of 32 fills a quarter of a 128-wide MXU, so
-    this is about 5x the model's FLOPs), one exp per score, and the HBM bytes it reads and writes: the
-    blocks and biases (`io_bytes`) and, when masked, each window's float32 mask."""
+def _cost(n, vol, c3, heads, matmuls: int, io_bytes: int, masked: bool, projections: int = 0) -> pl.CostEstimate:
+    """What the kernel makes the chip do: its `matmuls` [V, V] x [V, d] products per window and head and
+    its `projections` [V, C] x [C, 3C]-sized products per window (the fused sublayer's qkv projection and
+    its gradients), with every dimension but a window's rows padded to the matrix unit (a head_dim of 32
+    fills a quarter of a 128-wide MXU, so the attention products are about 5x the model's FLOPs), one exp
+    per score, and the HBM bytes it reads and writes: the blocks, weights and biases (`io_bytes`) and, when
+    masked, each window's float32 mask. (Vector work, the softmax's and LayerNorm's, is not counted.)"""
     d = c3 // 3 // heads
     padded = lambda x: -(-x // MXU) * MXU  # noqa: E731
     per_product = 2 * vol * padded(vol) * padded(d)
+    per_projection = 2 * vol * padded(c3 // 3) * padded(c3)
     return pl.CostEstimate(
-        flops=matmuls * n * heads * per_product, transcendentals=n * heads * vol * vol,
+        flops=n * (matmuls * heads * per_product + projections * per_projection),
+        transcendentals=n * heads * vol * vol,
         bytes_accessed=io_bytes + (n * vol * vol * 4 if masked else 0),
     )  # fmt: skip
 
@@ -323,6 +351,220 @@ def _tiled(qkv, qkv_bias, bias, mask, heads: int, interpret: bool | None):
         windows = qkv.reshape(-1, bias.shape[-1], qkv.shape[-1])
         return _pallas(windows, qkv_bias, bias, mask, heads, interpret).reshape(qkv.shape[0], -1)
     return _pallas(qkv, qkv_bias, bias, mask, heads, interpret)
+
+
+# The attention sublayer in one kernel: LayerNorm, qkv projection and window attention of token rows that
+# XLA keeps C-major. Stage 1's rows are 96 wide; XLA lays such [tokens, 96] arrays out with the tokens on
+# the 128 lanes (no padding), and any kernel that reads or writes them row-major makes it switch the whole
+# residual stream to 96 of 128 lanes, and keeps the LayerNorm's backward out of the products it fuses with.
+# So this kernel reads the rows transposed, [C, tokens] blocks (a bitcast of XLA's layout), and returns the
+# rows' gradient the same way; the normalised tokens and qkv stay in VMEM.
+LANES = 128
+
+
+def sublayer_pays(c: int) -> bool:
+    """Whether to attend through the fused sublayer rows C wide: where XLA keeps them C-major, i.e. where C
+    does not fill whole 128-lane rows (Swin-T's stages 1 and 2, C = 96 and 192). Rows of whole lanes
+    (384, 768) XLA keeps row-major, where the kernel's C-major blocks would cost it a transpose each way:
+    measured slower there (stages 3 and 4 of the base recipe, 3.9 -> 4.2 and 0.8 -> 1.2 million cycles)."""
+    return c % LANES != 0
+
+
+def block_rows_windows(n: int, nw: int, vol: int) -> int:
+    """Windows per grid step of the fused sublayer: the fewest whose tokens fill whole 128-lane rows of a
+    [C, tokens] block (32 windows of 196), dividing `n` and either dividing the mask period `nw` or a
+    multiple of it; all `n` windows when none does (a block may always span a whole array)."""
+    for wb in range(1, n + 1):
+        if n % wb == 0 and (wb * vol) % LANES == 0 and (nw % wb == 0 or wb % nw == 0):
+            return wb
+    return n
+
+
+def _normalized(xt_ref, scale_ref, shift_ref, eps: float):
+    """LayerNorm over C of a [C, tokens] block as flax computes it (in float32, or float64 for float64
+    tokens; variance E[x^2] - E[x]^2): (normalised tokens in the tokens' dtype, x_hat, 1 / std)."""
+    x = xt_ref[...].astype(_acc(xt_ref.dtype))
+    mean = x.mean(axis=0, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.maximum((x * x).mean(axis=0, keepdims=True) - mean * mean, 0.0) + eps)
+    xhat = (x - mean) * rstd
+    return (xhat * scale_ref[...] + shift_ref[...]).astype(xt_ref.dtype), xhat, rstd
+
+
+def _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol: int, eps: float):
+    """(qkv + bias [windows, V, 3C], normalised [C, tokens], x_hat, 1 / std) of a block."""
+    xn, xhat, rstd = _normalized(xt_ref, scale_ref, shift_ref, eps)
+    acc = _acc(xn.dtype)
+    qkv = jax.lax.dot_general(xn, w_ref[...], (((0,), (0,)), ((), ())), preferred_element_type=acc).astype(xn.dtype)
+    return _windows(qkv, vol) + qkv_bias_ref[...].astype(xn.dtype)[None], xn, xhat, rstd
+
+
+def _by_chunks(qkv_s, chunk: int, vol: int, body):
+    """`body(windows, rows)` for each run of `chunk` windows of a block held in `qkv_s` (a loop, not unrolled:
+    the heads already are), with `windows` their index range in [windows, V, 3C] and `rows` in [tokens, .]."""
+
+    def step(j, carry):
+        start = pl.multiple_of(j * chunk, chunk)
+        body(pl.ds(start, chunk), pl.ds(pl.multiple_of(j * chunk * vol, chunk * vol), chunk * vol))
+        return carry
+
+    jax.lax.fori_loop(0, qkv_s.shape[0] // chunk, step, 0)
+
+
+def _sublayer_forward_kernel(*refs, heads: int, scale: float, masked: bool, eps: float, chunk: int):
+    xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, bias_ref, *rest = refs
+    mask_ref = rest.pop(0) if masked else None
+    o_ref, qkv_s = rest
+    vol = bias_ref.shape[-1]
+    qkv_s[...] = _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol, eps)[0]
+
+    def body(windows, rows):
+        mask = None if mask_ref is None else mask_ref[windows]
+        out = _attend(qkv_s[windows], bias_ref, mask, heads, scale)
+        o_ref[rows, :] = out.reshape(-1, out.shape[-1]).astype(o_ref.dtype)
+
+    _by_chunks(qkv_s, chunk, vol, body)
+
+
+def _sublayer_backward_kernel(*refs, heads: int, scale: float, masked: bool, eps: float, chunk: int):
+    xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, bias_ref, *rest = refs
+    mask_ref = rest.pop(0) if masked else None
+    do_ref, dxt_ref, dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dbias_ref, qkv_s, dqkv_s = rest
+    _zero_on_first_step(dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dbias_ref)
+    vol = bias_ref.shape[-1]
+    qkv, xn, xhat, rstd = _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol, eps)
+    qkv_s[...] = qkv
+
+    def body(windows, rows):
+        mask = None if mask_ref is None else mask_ref[windows]
+        do = _windows(do_ref[rows, :], vol)
+        part = _attend_backward(qkv_s[windows], do, bias_ref, mask, heads, scale, dbias_ref)
+        dqkv_bias_ref[...] += part.astype(jnp.float32).sum(axis=(0, 1))[None]
+        # Rounded as XLA rounds the gradient of the product it then multiplies.
+        dqkv_s[rows, :] = part.reshape(-1, part.shape[-1]).astype(dqkv_s.dtype)
+
+    _by_chunks(qkv_s, chunk, vol, body)
+    dqkv = dqkv_s[...]
+    acc = _acc(xn.dtype)
+    dw_ref[...] += jax.lax.dot_general(xn, dqkv, (((1,), (0,)), ((), ())), preferred_element_type=acc)
+    dxn = jax.lax.dot_general(w_ref[...], dqkv, (((1,), (1,)), ((), ())), preferred_element_type=acc)
+    dxn = dxn.astype(xn.dtype).astype(acc)  # [C, tokens]
+    dscale_ref[...] += (dxn * xhat).sum(axis=1, keepdims=True)
+    dshift_ref[...] += dxn.sum(axis=1, keepdims=True)
+    g = dxn * scale_ref[...]  # LayerNorm's backward, over C.
+    dx = rstd * (g - g.mean(axis=0, keepdims=True) - xhat * (g * xhat).mean(axis=0, keepdims=True))
+    dxt_ref[...] = dx.astype(dxt_ref.dtype)
+
+
+def _chunk(shape) -> int:
+    """Windows attended at a time in a fused sublayer's block of `shape` [windows, V, 3C]: as many as the
+    score budget allows, so that the block (32 windows) need not hold all its scores at once."""
+    wb, vol, c3 = shape
+    return block_windows(wb, 1, vol, c3)
+
+
+def _sublayer_specs(c, c3, heads, vol, wb, period, masked):
+    resident = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))  # noqa: E731
+    specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), resident((c, 1)), resident((c, 1))]
+    specs += [resident((c, c3)), resident((1, c3)), resident((heads, vol, vol))]
+    if masked:
+        specs.append(pl.BlockSpec((wb, vol, vol), lambda i: (i % period, 0, 0)))
+    return specs
+
+
+def _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret, do=None):
+    """The forward kernel, or with `do` the backward one, on C-major tokens `xt` [C, n * V]."""
+    c, tokens = xt.shape
+    c3, vol, masked, itemsize = w.shape[-1], bias.shape[-1], mask is not None, xt.dtype.itemsize
+    n, nw = tokens // vol, mask.shape[0] if masked else 1
+    wb = block_rows_windows(n, nw, vol)
+    if masked and wb > nw:  # A block spans several runs of the masks: give it its own run of wb.
+        mask = jnp.tile(mask, (wb // nw, 1, 1))
+    period = max(1, (mask.shape[0] if masked else 1) // wb)
+    acc = _acc(xt.dtype)
+    args = (xt, norm_scale.reshape(c, 1).astype(acc), norm_shift.reshape(c, 1).astype(acc), w)
+    args += (qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ())
+    chunk = _chunk((wb, vol, c3))
+    kernel_args = dict(heads=heads, scale=(c // heads) ** -0.5, masked=masked, eps=eps, chunk=chunk)
+    scratch = [pltpu.VMEM((wb, vol, c3), xt.dtype)]  # qkv (and in the backward pass its gradient, as rows).
+    weights_bytes = w.size * itemsize + bias.size * bias.dtype.itemsize
+    resident = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))  # noqa: E731
+    rows_spec = pl.BlockSpec((wb * vol, c), lambda i: (i, 0))  # Of the outputs [N, C] and their gradient.
+    if do is None:
+        kernel, out_specs = functools.partial(_sublayer_forward_kernel, **kernel_args), rows_spec
+        out_shape, semantics = jax.ShapeDtypeStruct((tokens, c), xt.dtype), "parallel"
+        cost = _cost(n, vol, c3, heads, 2, 2 * tokens * c * itemsize + weights_bytes, masked, projections=1)
+    else:
+        args += (do,)
+        kernel = functools.partial(_sublayer_backward_kernel, **kernel_args)
+        out_specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), resident((c, 1)), resident((c, 1))]
+        out_specs += [resident((c, c3)), resident((1, c3)), resident((heads, vol, vol))]
+        out_shape = [jax.ShapeDtypeStruct(xt.shape, xt.dtype), jax.ShapeDtypeStruct((c, 1), acc)]
+        out_shape += [jax.ShapeDtypeStruct((c, 1), acc), jax.ShapeDtypeStruct((c, c3), acc)]
+        out_shape += [jax.ShapeDtypeStruct((1, c3), jnp.float32), jax.ShapeDtypeStruct((heads, vol, vol), jnp.float32)]
+        semantics = "arbitrary"  # The weight and bias gradients are summed over the grid.
+        scratch.append(pltpu.VMEM((wb * vol, c3), xt.dtype))
+        io = 3 * tokens * c * itemsize + weights_bytes + w.size * acc.itemsize + bias.size * 4
+        cost = _cost(n, vol, c3, heads, 5, io, masked, projections=3)
+    call = lambda interpret: pl.pallas_call(  # noqa: E731
+        kernel,
+        grid=(n // wb,),
+        in_specs=_sublayer_specs(c, c3, heads, vol, wb, period, masked) + ([] if do is None else [rows_spec]),
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=scratch,
+        compiler_params=pltpu.CompilerParams(dimension_semantics=(semantics,), vmem_limit_bytes=VMEM_LIMIT),
+        cost_estimate=cost,
+        interpret=interpret,
+    )(*args)  # fmt: skip
+    return _on_platform(call, interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _sublayer(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret):
+    return _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret)
+
+
+def _sublayer_fwd(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret):
+    out = _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret)
+    return out, (xt, norm_scale, norm_shift, w, qkv_bias, bias, mask)
+
+
+def _sublayer_bwd(heads, eps, interpret, residuals, do):
+    xt, norm_scale, norm_shift, w, qkv_bias, bias, mask = residuals
+    grads = _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret, do)
+    dxt, dscale, dshift, dw, dqkv_bias, dbias = grads
+    like = lambda g, x: g.reshape(x.shape).astype(x.dtype)  # noqa: E731
+    mask_grad = None if mask is None else jnp.zeros_like(mask)
+    return (
+        dxt, like(dscale, norm_scale), like(dshift, norm_shift), like(dw, w), like(dqkv_bias, qkv_bias),
+        like(dbias, bias), mask_grad,
+    )  # fmt: skip
+
+
+_sublayer.defvjp(_sublayer_fwd, _sublayer_bwd)
+
+
+def sublayer(
+    rows: jax.Array,
+    norm_scale,
+    norm_shift,
+    eps: float,
+    kernel,
+    qkv_bias,
+    bias,
+    mask,
+    heads: int,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """Window attention of LayerNorm(rows) (weights `norm_scale`, `norm_shift`, epsilon `eps`) through the
+    qkv projection (`kernel` [C, 3C], `qkv_bias`), as one Pallas kernel per device: token rows [N, C] in,
+    attention outputs [N, C] (before the output projection) out. The rows go to the kernel C-major."""
+    mask = None if mask is None else jnp.asarray(mask, jnp.float32)
+
+    def fn(rows, norm_scale, norm_shift, kernel, qkv_bias, bias, mask):
+        return _sublayer(rows.T, norm_scale, norm_shift, kernel, qkv_bias, bias, mask, heads, eps, interpret)
+
+    return per_device(fn, rows, norm_scale, norm_shift, kernel, qkv_bias, bias, mask)
 
 
 def cudnn(qkv: jax.Array, bias: jax.Array, mask, heads: int, implementation: str | None = "cudnn") -> jax.Array:

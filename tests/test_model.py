@@ -250,14 +250,19 @@ def test_activations_follow_the_logical_rules_under_a_mesh():
     np.testing.assert_allclose(out["logits"], model(video, audio)["logits"], atol=1e-4)
 
 
-def test_window_attention_implementations_match_the_reference_path():
+@pytest.mark.parametrize("size", [32, 56])
+def test_window_attention_implementations_match_the_reference_path(size):
     """The whole backbone with the Pallas kernel (in Pallas's interpreter here) against the reference, in
-    float64 (in float32 the deep chain amplifies rounding to ~1e-3 in grads)."""
+    float64 (in float32 the deep chain amplifies rounding to ~1e-3 in grads). 32 x 32 frames pad stage 1's
+    map to whole windows (the kernel then attends normalised rows); 56 x 56 frames need no padding, and the
+    LayerNorm, qkv projection and attention run as one kernel (the LayerNorms' gradients included)."""
     from avcanet_jax.layers import Precision
 
     cfg = SwinConfig(embed_dim=16, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 4))  # Block 2 of stage 1 is shifted.
+    block = SwinTransformer3d(cfg, nnx.Rngs(0)).stages[0][0]
+    assert (block.windows((1, 2, size // 4, size // 4, 16)).valid is None) == (size == 56)
     with jax.enable_x64(True):
-        x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 32, 32, 3)), jnp.float64)
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, size, size, 3)), jnp.float64)
         outs, grads = [], []
         for impl in ("xla", "pallas"):  # dot_product: tests/test_window_attention.py, at the op.
             model = SwinTransformer3d(

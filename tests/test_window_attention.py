@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from avcanet_jax import window_attention as wa
 from avcanet_jax.layers import DEFAULT_RULES
@@ -217,3 +218,84 @@ def test_blocks_of_token_rows_span_whole_tiles():
     assert wa.block_windows(n=512, nw=16, vol=196, rows=16) == 8  # Stage 1: 1,568 rows per block.
     assert wa.block_windows(n=128, nw=4, vol=196, rows=16) == 4  # Stage 2: 784 rows.
     assert wa.block_windows(n=14, nw=1, vol=196, rows=16) == 0  # 196 * 7 rows is not a multiple of 16.
+
+
+def _sublayer_inputs(batch: int, masked: bool, dtype=jnp.float32):
+    """Token rows [windows * V, C] (for `_inputs`' windows), LayerNorm weights, qkv projection [C, 3C]."""
+    _, bias, mask = _inputs(batch, masked, dtype)
+    rng = np.random.default_rng(3)
+    c = HEADS * HEAD_DIM
+    rows = jnp.asarray(rng.standard_normal((batch * 8 * 72, c)) * 2 + 0.5, dtype)
+    scale = jnp.asarray(rng.standard_normal(c) * 0.3 + 1, jnp.float32)
+    shift = jnp.asarray(rng.standard_normal(c) * 0.1, jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((c, 3 * c)) * c**-0.5, dtype)
+    return (rows, scale, shift, kernel, QKV_BIAS, bias), mask
+
+
+def _sublayer_loss(fused: bool, mask):
+    """A loss of (rows, LayerNorm scale and shift, qkv kernel and bias, relative bias): fused, or flax's
+    LayerNorm, XLA's product and the reference attention."""
+    weights = jnp.cos(jnp.arange(HEADS * HEAD_DIM, dtype=jnp.float32))
+
+    def loss(rows, scale, shift, kernel, qkv_bias, bias):
+        if fused:
+            out = wa.sublayer(rows, scale, shift, 1e-5, kernel, qkv_bias, bias, mask, HEADS)
+        else:
+            norm = nnx.LayerNorm(rows.shape[-1], epsilon=1e-5, dtype=rows.dtype, rngs=nnx.Rngs(0))
+            norm.scale[...], norm.bias[...] = scale, shift
+            out = wa.attention(norm(rows) @ kernel, bias, mask, HEADS, "xla", qkv_bias=qkv_bias)
+        return (out.astype(jnp.float32) * weights).sum()
+
+    return loss
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_fused_sublayer_equals_layer_norm_projection_and_attention(masked, monkeypatch):
+    """LayerNorm, qkv projection and attention in one kernel on C-major rows: the same forward and
+    gradients (rows, both LayerNorm weights, projection weights and bias, relative bias) as flax's
+    LayerNorm, XLA's product and the reference. 32 windows of 72 tokens make two grid steps of 16 (whole
+    128-lane rows of tokens), each spanning two runs of the 8 masks; a small score budget makes each step
+    attend 4 windows at a time."""
+    monkeypatch.setattr(wa, "SCORE_BYTES", 4 * 72 * 72 * 4)
+    args, mask = _sublayer_inputs(4, masked)
+    assert wa.block_rows_windows(32, 8, 72) == 16 and wa._chunk((16, 72, 3 * HEADS * HEAD_DIM)) == 4
+    value, grads = jax.value_and_grad(_sublayer_loss(True, mask), argnums=tuple(range(6)))(*args)
+    want_value, want = jax.value_and_grad(_sublayer_loss(False, mask), argnums=tuple(range(6)))(*args)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    for g, w in zip(grads, want, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
+    rows = args[0]
+    jaxpr = jax.make_jaxpr(lambda r: wa.sublayer(r, *args[1:3], 1e-5, *args[3:], mask, HEADS))(rows)
+    assert rows.T.shape in {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}  # C-major: [C, tokens].
+
+
+def test_the_fused_sublayer_in_bfloat16_and_under_a_sharded_mesh():
+    """bf16 within bf16 rounding of float32; under a mesh each device runs its own rows, and its share of
+    every weight's gradient is summed over devices."""
+    args, mask = _sublayer_inputs(4, True, jnp.bfloat16)
+    exact = [a.astype(jnp.float32) for a in args]
+    value, grads = jax.value_and_grad(_sublayer_loss(True, mask), argnums=tuple(range(6)))(*args)
+    want_value, want = jax.value_and_grad(_sublayer_loss(False, mask), argnums=tuple(range(6)))(*exact)
+    assert grads[0].dtype == grads[3].dtype == jnp.bfloat16
+    np.testing.assert_allclose(value, want_value, rtol=3e-2)
+    for g, w in zip(grads, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=3e-2 * float(np.abs(w).max()))
+
+    want = jax.value_and_grad(_sublayer_loss(False, mask), argnums=tuple(range(6)))(*exact)
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+        step = jax.jit(jax.value_and_grad(_sublayer_loss(True, mask), argnums=tuple(range(6))))
+        got = step(jax.device_put(exact[0], rows), *exact[1:])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, w in zip(got[1], want[1], strict=True):
+        np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
+
+
+def test_fused_sublayer_blocks_fill_whole_lanes_of_tokens():
+    assert wa.block_rows_windows(n=512, nw=256, vol=196) == 32  # Stage 1: 6,272 tokens = 49 x 128.
+    assert wa.block_rows_windows(n=32, nw=4, vol=196) == 32  # Stage 3: a block spans 8 runs of masks.
+    assert wa.block_rows_windows(n=8, nw=1, vol=196) == 8  # Stage 4: no whole lanes; the whole array.
+    assert wa.block_rows_windows(n=6, nw=3, vol=9) == 6
+    assert wa.sublayer_pays(96) and wa.sublayer_pays(192) and not wa.sublayer_pays(384)  # Swin-T's stages.
