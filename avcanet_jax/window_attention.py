@@ -462,10 +462,16 @@ def _chunk(shape) -> int:
     return block_windows(wb, 1, vol, c3)
 
 
+def _resident(shape) -> pl.BlockSpec:
+    """The whole array in every grid step (weights; gradients summed over the grid)."""
+    return pl.BlockSpec(shape, lambda i: (0,) * len(shape))
+
+
 def _sublayer_specs(c, c3, heads, vol, wb, period, masked):
-    resident = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))  # noqa: E731
-    specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), resident((c, 1)), resident((c, 1))]
-    specs += [resident((c, c3)), resident((1, c3)), resident((heads, vol, vol))]
+    """Inputs of both sublayer kernels: grid step i's [C, wb * V] block of C-major tokens, the LayerNorm's
+    scale and shift [C, 1], the qkv projection [C, 3C] and its bias, the relative bias, the block's masks."""
+    specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), _resident((c, 1)), _resident((c, 1))]
+    specs += [_resident((c, c3)), _resident((1, c3)), _resident((heads, vol, vol))]
     if masked:
         specs.append(pl.BlockSpec((wb, vol, vol), lambda i: (i % period, 0, 0)))
     return specs
@@ -487,7 +493,6 @@ def _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, e
     kernel_args = dict(heads=heads, scale=(c // heads) ** -0.5, masked=masked, eps=eps, chunk=chunk)
     scratch = [pltpu.VMEM((wb, vol, c3), xt.dtype)]  # qkv (and in the backward pass its gradient, as rows).
     weights_bytes = w.size * itemsize + bias.size * bias.dtype.itemsize
-    resident = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))  # noqa: E731
     rows_spec = pl.BlockSpec((wb * vol, c), lambda i: (i, 0))  # Of the outputs [N, C] and their gradient.
     if do is None:
         kernel, out_specs = functools.partial(_sublayer_forward_kernel, **kernel_args), rows_spec
@@ -496,8 +501,8 @@ def _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, e
     else:
         args += (do,)
         kernel = functools.partial(_sublayer_backward_kernel, **kernel_args)
-        out_specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), resident((c, 1)), resident((c, 1))]
-        out_specs += [resident((c, c3)), resident((1, c3)), resident((heads, vol, vol))]
+        out_specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), _resident((c, 1)), _resident((c, 1))]
+        out_specs += [_resident((c, c3)), _resident((1, c3)), _resident((heads, vol, vol))]
         out_shape = [jax.ShapeDtypeStruct(xt.shape, xt.dtype), jax.ShapeDtypeStruct((c, 1), acc)]
         out_shape += [jax.ShapeDtypeStruct((c, 1), acc), jax.ShapeDtypeStruct((c, c3), acc)]
         out_shape += [jax.ShapeDtypeStruct((1, c3), jnp.float32), jax.ShapeDtypeStruct((heads, vol, vol), jnp.float32)]
