@@ -287,31 +287,30 @@ class WindowAttention3d(nnx.Module):
         bias = self.relative_position_bias_table[...][index.reshape(-1)].reshape(vol, vol, -1)
         return bias.transpose(2, 0, 1).astype(self.dtype)
 
-    def __call__(self, rows: jax.Array, windows: Windows) -> jax.Array:
-        """Attention within each window of token rows [B * nW * V, C] in `windows`' order."""
-        # The qkv projection without its bias, which the attention adds (the Pallas kernel adds it on chip).
+    def _operands(self, rows: jax.Array, windows: Windows):
+        """(tokens, qkv kernel, qkv bias) in the compute dtype, the relative bias and the shift mask."""
         tokens, kernel, qkv_bias = nnx.nn.dtypes.promote_dtype(
             (rows, self.qkv.kernel[...], self.qkv.bias[...]), dtype=self.dtype
         )
+        mask = None if windows.mask is None else jnp.asarray(windows.mask)
+        return tokens, kernel, qkv_bias, self._relative_bias(windows.window), mask
+
+    def __call__(self, rows: jax.Array, windows: Windows) -> jax.Array:
+        """Attention within each window of token rows [B * nW * V, C] in `windows`' order."""
+        # The qkv projection without its bias, which the attention adds (the Pallas kernel adds it on chip).
+        tokens, kernel, qkv_bias, bias, mask = self._operands(rows, windows)
         qkv = jax.lax.dot_general(tokens, kernel, (((tokens.ndim - 1,), (0,)), ((), ())))
         dropout = self.attn_drop if self.impl == "xla" else None
-        mask = None if windows.mask is None else jnp.asarray(windows.mask)
-        out = window_attention.attention(
-            qkv, self._relative_bias(windows.window), mask, self.num_heads, self.impl, dropout, qkv_bias
-        )
+        out = window_attention.attention(qkv, bias, mask, self.num_heads, self.impl, dropout, qkv_bias)
         return self.proj_drop(self.proj(out))
 
     def after_norm(self, rows: jax.Array, windows: Windows, norm: nnx.LayerNorm) -> jax.Array:
         """`self(norm(rows), windows)` with the Pallas kernel making the LayerNorm, the qkv projection and
         the attention in one pass over the rows (`window_attention.sublayer`); maps without padding only."""
-        tokens, kernel, qkv_bias = nnx.nn.dtypes.promote_dtype(
-            (rows, self.qkv.kernel[...], self.qkv.bias[...]), dtype=self.dtype
-        )
-        mask = None if windows.mask is None else jnp.asarray(windows.mask)
+        tokens, kernel, qkv_bias, bias, mask = self._operands(rows, windows)
         out = window_attention.sublayer(
-            tokens, norm.scale[...], norm.bias[...], norm.epsilon, kernel, qkv_bias,
-            self._relative_bias(windows.window), mask, self.num_heads,
-        )  # fmt: skip
+            tokens, norm.scale[...], norm.bias[...], norm.epsilon, kernel, qkv_bias, bias, mask, self.num_heads
+        )
         return self.proj_drop(self.proj(out))
 
 

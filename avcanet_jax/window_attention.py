@@ -501,11 +501,11 @@ def _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, e
     else:
         args += (do,)
         kernel = functools.partial(_sublayer_backward_kernel, **kernel_args)
-        out_specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), _resident((c, 1)), _resident((c, 1))]
-        out_specs += [_resident((c, c3)), _resident((1, c3)), _resident((heads, vol, vol))]
-        out_shape = [jax.ShapeDtypeStruct(xt.shape, xt.dtype), jax.ShapeDtypeStruct((c, 1), acc)]
-        out_shape += [jax.ShapeDtypeStruct((c, 1), acc), jax.ShapeDtypeStruct((c, c3), acc)]
-        out_shape += [jax.ShapeDtypeStruct((1, c3), jnp.float32), jax.ShapeDtypeStruct((heads, vol, vol), jnp.float32)]
+        # The gradients of the first six inputs, in their blocks: the tokens' in the tokens' dtype, the
+        # weights' and biases' summed in float32 (float64 for float64 tokens).
+        out_specs = _sublayer_specs(c, c3, heads, vol, wb, period, masked=False)
+        dtypes = (xt.dtype, acc, acc, acc, jnp.float32, jnp.float32)
+        out_shape = [jax.ShapeDtypeStruct(a.shape, d) for a, d in zip(args[:6], dtypes, strict=True)]
         semantics = "arbitrary"  # The weight and bias gradients are summed over the grid.
         scratch.append(pltpu.VMEM((wb * vol, c3), xt.dtype))
         io = 3 * tokens * c * itemsize + weights_bytes + w.size * acc.itemsize + bias.size * 4
