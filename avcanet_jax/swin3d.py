@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from avcanet_jax import window_attention
+from avcanet_jax import fused_mlp, window_attention
 from avcanet_jax.layers import (
     FP32,
     TORCH_DEFAULT,
@@ -353,11 +353,35 @@ class SwinBlock3d(nnx.Module):
         return self._mlp(rows + self.drop_path(y, windows.batch), windows)
 
     def _mlp(self, rows: jax.Array, windows: Windows) -> jax.Array:
+        if self._fuses_mlp(rows):
+            with jax.named_scope("mlp"):  # Its LayerNorm included.
+                y = self._fused_mlp(rows)
+            return rows + self.drop_path(y, windows.batch)
         with jax.named_scope("norm"):
             y = self.norm2(rows)
         with jax.named_scope("mlp"):
             y = self.mlp(y)
         return rows + self.drop_path(y, windows.batch)
+
+    def _fuses_mlp(self, rows: jax.Array) -> bool:
+        """Whether the LayerNorm and MLP run as one Pallas kernel (`fused_mlp`): with the Pallas attention, at
+        widths XLA keeps C-major, with exact GELU and no dropout inside the MLP, on rows it can block."""
+        mlp, tokens = self.mlp, window_attention.per_device_count(rows.shape[0])
+        return (
+            self.attn.impl == "pallas"
+            and not mlp.approximate_gelu
+            and (mlp.drop.rate == 0 or bool(mlp.drop.deterministic))
+            and fused_mlp.pays(rows.shape[-1], tokens, mlp.fc1.out_features)
+        )
+
+    def _fused_mlp(self, rows: jax.Array) -> jax.Array:
+        """`self.mlp(self.norm2(rows))` through `fused_mlp.mlp`, weights in the compute dtype as nnx.Linear
+        casts them."""
+        fc1, fc2, norm = self.mlp.fc1, self.mlp.fc2, self.norm2
+        tokens, w1, b1, w2, b2 = nnx.nn.dtypes.promote_dtype(
+            (rows, fc1.kernel[...], fc1.bias[...], fc2.kernel[...], fc2.bias[...]), dtype=fc1.dtype
+        )
+        return fused_mlp.mlp(tokens, norm.scale[...], norm.bias[...], norm.epsilon, w1, b1, w2, b2)
 
 
 class PatchMerging(nnx.Module):

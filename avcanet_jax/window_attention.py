@@ -36,6 +36,7 @@ into windows first), the other paths split them into windows.
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -98,14 +99,14 @@ def _heads(qkv, heads: int, h: int):
     return (qkv[:, :, i * c + h * d : i * c + (h + 1) * d] for i in range(3))
 
 
-def _acc(dtype):
+def accumulator(dtype):
     """Products accumulate in float32, or in float64 for float64 inputs (tests compare in float64)."""
     return jnp.promote_types(dtype, jnp.float32)
 
 
 def _probabilities(q, k, bias_ref, mask, h: int, scale: float):
     """Softmax over keys in float32, as the reference computes it."""
-    s = jnp.einsum("bqd,bkd->bqk", q, k, preferred_element_type=_acc(q.dtype)) * scale
+    s = jnp.einsum("bqd,bkd->bqk", q, k, preferred_element_type=accumulator(q.dtype)) * scale
     s = s + bias_ref[h].astype(s.dtype)[None]
     if mask is not None:
         s = s + mask.astype(s.dtype)
@@ -136,7 +137,7 @@ def _attend(qkv, bias_ref, mask, heads: int, scale: float):
     for h in range(heads):
         q, k, v = _heads(qkv, heads, h)
         p = _probabilities(q, k, bias_ref, mask, h, scale)
-        outs.append(jnp.einsum("bqk,bkd->bqd", p.astype(v.dtype), v, preferred_element_type=_acc(v.dtype)))
+        outs.append(jnp.einsum("bqk,bkd->bqd", p.astype(v.dtype), v, preferred_element_type=accumulator(v.dtype)))
     return jnp.concatenate(outs, axis=-1)
 
 
@@ -153,7 +154,7 @@ def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
     qkv_ref, qkv_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
     do_ref, dqkv_ref, dqkv_bias_ref, dbias_ref = rest
-    _zero_on_first_step(dqkv_bias_ref, dbias_ref)
+    zero_on_first_step(dqkv_bias_ref, dbias_ref)
     vol = bias_ref.shape[-1]
     qkv, do = _with_bias(qkv_ref, qkv_bias_ref, vol), _windows(do_ref, vol)
     dqkv = _attend_backward(qkv, do, bias_ref, _mask(mask_ref, 0, qkv.shape[0]), heads, scale, dbias_ref)
@@ -161,7 +162,7 @@ def _backward_kernel(*refs, heads: int, scale: float, masked: bool):
     dqkv_bias_ref[...] += dqkv.astype(jnp.float32).sum(axis=(0, 1))[None]
 
 
-def _zero_on_first_step(*refs):
+def zero_on_first_step(*refs):
     """Gradients summed over the grid start from zero (their blocks stay resident, the steps run in order)."""
 
     @pl.when(pl.program_id(0) == 0)
@@ -174,7 +175,7 @@ def _attend_backward(qkv, do, bias_ref, mask, heads: int, scale: float, dbias_re
     """d qkv [windows, V, 3C] of a block from d out [windows, V, C], the softmax recomputed from qkv; adds
     the block's relative-bias gradient (the sum over its windows of the score gradient) to `dbias_ref`."""
     d = do.shape[-1] // heads
-    grads, dbias, acc = [[], [], []], [], _acc(qkv.dtype)
+    grads, dbias, acc = [[], [], []], [], accumulator(qkv.dtype)
     for h in range(heads):
         q, k, v = _heads(qkv, heads, h)
         p = _probabilities(q, k, bias_ref, mask, h, scale)
@@ -278,10 +279,10 @@ def _pallas_forward(qkv, qkv_bias, bias, mask, heads, interpret):
         ),
         interpret=interpret,
     )(*args)  # fmt: skip
-    return _on_platform(call, interpret)
+    return on_platform(call, interpret)
 
 
-def _on_platform(call, interpret: bool | None):
+def on_platform(call, interpret: bool | None):
     """`call(interpret)`: compiled with Mosaic when lowering for a TPU, interpreted for any other platform
     (decided by the platform the program is lowered for, so an ahead-of-time TPU compile on a CPU machine
     gets the real kernel)."""
@@ -321,7 +322,7 @@ def _pallas_bwd(heads, interpret, residuals, do):
         ),
         interpret=interpret,
     )(*args)  # fmt: skip
-    dqkv, dqkv_bias, dbias = _on_platform(call, interpret)
+    dqkv, dqkv_bias, dbias = on_platform(call, interpret)
     mask_grad = None if mask is None else jnp.zeros_like(mask)
     return dqkv, dqkv_bias.reshape(c3).astype(qkv_bias.dtype), dbias.astype(bias.dtype), mask_grad
 
@@ -380,10 +381,10 @@ def block_rows_windows(n: int, nw: int, vol: int) -> int:
     return n
 
 
-def _normalized(xt_ref, scale_ref, shift_ref, eps: float):
+def normalized_columns(xt_ref, scale_ref, shift_ref, eps: float):
     """LayerNorm over C of a [C, tokens] block as flax computes it (in float32, or float64 for float64
     tokens; variance E[x^2] - E[x]^2): (normalised tokens in the tokens' dtype, x_hat, 1 / std)."""
-    x = xt_ref[...].astype(_acc(xt_ref.dtype))
+    x = xt_ref[...].astype(accumulator(xt_ref.dtype))
     mean = x.mean(axis=0, keepdims=True)
     rstd = jax.lax.rsqrt(jnp.maximum((x * x).mean(axis=0, keepdims=True) - mean * mean, 0.0) + eps)
     xhat = (x - mean) * rstd
@@ -392,8 +393,8 @@ def _normalized(xt_ref, scale_ref, shift_ref, eps: float):
 
 def _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol: int, eps: float):
     """(qkv + bias [windows, V, 3C], normalised [C, tokens], x_hat, 1 / std) of a block."""
-    xn, xhat, rstd = _normalized(xt_ref, scale_ref, shift_ref, eps)
-    acc = _acc(xn.dtype)
+    xn, xhat, rstd = normalized_columns(xt_ref, scale_ref, shift_ref, eps)
+    acc = accumulator(xn.dtype)
     qkv = jax.lax.dot_general(xn, w_ref[...], (((0,), (0,)), ((), ())), preferred_element_type=acc).astype(xn.dtype)
     return _windows(qkv, vol) + qkv_bias_ref[...].astype(xn.dtype)[None], xn, xhat, rstd
 
@@ -429,7 +430,7 @@ def _sublayer_backward_kernel(*refs, heads: int, scale: float, masked: bool, eps
     xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
     do_ref, dxt_ref, dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dbias_ref, qkv_s, dqkv_s = rest
-    _zero_on_first_step(dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dbias_ref)
+    zero_on_first_step(dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dbias_ref)
     vol = bias_ref.shape[-1]
     qkv, xn, xhat, rstd = _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol, eps)
     qkv_s[...] = qkv
@@ -444,7 +445,7 @@ def _sublayer_backward_kernel(*refs, heads: int, scale: float, masked: bool, eps
 
     _by_chunks(qkv_s, chunk, vol, body)
     dqkv = dqkv_s[...]
-    acc = _acc(xn.dtype)
+    acc = accumulator(xn.dtype)
     dw_ref[...] += jax.lax.dot_general(xn, dqkv, (((1,), (0,)), ((), ())), preferred_element_type=acc)
     dxn = jax.lax.dot_general(w_ref[...], dqkv, (((1,), (1,)), ((), ())), preferred_element_type=acc)
     dxn = dxn.astype(xn.dtype).astype(acc)  # [C, tokens]
@@ -462,7 +463,7 @@ def _chunk(shape) -> int:
     return block_windows(wb, 1, vol, c3)
 
 
-def _resident(shape) -> pl.BlockSpec:
+def resident(shape) -> pl.BlockSpec:
     """The whole array in every grid step (weights; gradients summed over the grid)."""
     return pl.BlockSpec(shape, lambda i: (0,) * len(shape))
 
@@ -470,8 +471,8 @@ def _resident(shape) -> pl.BlockSpec:
 def _sublayer_specs(c, c3, heads, vol, wb, period, masked):
     """Inputs of both sublayer kernels: grid step i's [C, wb * V] block of C-major tokens, the LayerNorm's
     scale and shift [C, 1], the qkv projection [C, 3C] and its bias, the relative bias, the block's masks."""
-    specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), _resident((c, 1)), _resident((c, 1))]
-    specs += [_resident((c, c3)), _resident((1, c3)), _resident((heads, vol, vol))]
+    specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), resident((c, 1)), resident((c, 1))]
+    specs += [resident((c, c3)), resident((1, c3)), resident((heads, vol, vol))]
     if masked:
         specs.append(pl.BlockSpec((wb, vol, vol), lambda i: (i % period, 0, 0)))
     return specs
@@ -486,7 +487,7 @@ def _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, e
     if masked and wb > nw:  # A block spans several runs of the masks: give it its own run of wb.
         mask = jnp.tile(mask, (wb // nw, 1, 1))
     period = max(1, (mask.shape[0] if masked else 1) // wb)
-    acc = _acc(xt.dtype)
+    acc = accumulator(xt.dtype)
     args = (xt, norm_scale.reshape(c, 1).astype(acc), norm_shift.reshape(c, 1).astype(acc), w)
     args += (qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ())
     chunk = _chunk((wb, vol, c3))
@@ -521,7 +522,7 @@ def _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, e
         cost_estimate=cost,
         interpret=interpret,
     )(*args)  # fmt: skip
-    return _on_platform(call, interpret)
+    return on_platform(call, interpret)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
@@ -593,6 +594,13 @@ def per_device(fn, qkv: jax.Array, *replicated_args):
     in_specs = (spec, *[jax.sharding.PartitionSpec()] * len(replicated_args))
     # check_vma=False: a pallas_call or custom call does not say how its outputs vary over the mesh axes.
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(qkv, *replicated_args)
+
+
+def per_device_count(n: int) -> int:
+    """How many of `n` batch-major rows (or windows) each device holds inside `per_device` under the current
+    mesh: `n` split over the mesh axes the "batch" axis maps to (all `n` without a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return n // (1 if mesh.empty else math.prod(mesh.shape[a] for a in _batch_axes(mesh)))
 
 
 def _batch_axes(mesh) -> tuple[str, ...]:

@@ -255,7 +255,9 @@ def test_window_attention_implementations_match_the_reference_path(size):
     """The whole backbone with the Pallas kernel (in Pallas's interpreter here) against the reference, in
     float64 (in float32 the deep chain amplifies rounding to ~1e-3 in grads). 32 x 32 frames pad stage 1's
     map to whole windows (the kernel then attends normalised rows); 56 x 56 frames need no padding, and the
-    LayerNorm, qkv projection and attention run as one kernel (the LayerNorms' gradients included)."""
+    LayerNorm, qkv projection and attention run as one kernel (the LayerNorms' gradients included). At
+    both sizes each block's second LayerNorm and MLP run as one kernel too (`fused_mlp`), up to stage 4,
+    whose 128-wide rows keep XLA's path."""
     from avcanet_jax.layers import Precision
 
     cfg = SwinConfig(embed_dim=16, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 4))  # Block 2 of stage 1 is shifted.
@@ -269,6 +271,12 @@ def test_window_attention_implementations_match_the_reference_path(size):
                 dataclasses.replace(cfg, attention=impl), nnx.Rngs(0), Precision(jnp.float64, jnp.float64)
             )
             model.eval()
+            fused = [
+                block._fuses_mlp(jnp.zeros((32, block.mlp.fc1.in_features)))
+                for blocks in model.stages
+                for block in blocks
+            ]
+            assert fused == [impl == "pallas"] * 4 + [False]
             out, g = nnx.jit(lambda m: (m(x), nnx.grad(lambda m: (m(x) ** 2).sum())(m)))(model)
             outs.append(np.asarray(out))
             grads.append([np.asarray(v) for v in jax.tree.leaves(nnx.state(g, nnx.Param))])
