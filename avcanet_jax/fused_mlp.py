@@ -32,10 +32,12 @@ from avcanet_jax.window_attention import (
     MXU,
     VMEM_LIMIT,
     accumulator,
-    normalized_columns,
+    layer_norm_backward,
+    normalized,
     on_platform,
     per_device,
     resident,
+    tile_rows,
     zero_on_first_step,
 )
 
@@ -52,12 +54,14 @@ VECTOR_FLOPS = 32
 FORWARD_OPS, BACKWARD_OPS, NORM_OPS = 40, 50, 30
 
 
-def block_tokens(tokens: int, hidden: int) -> int:
-    """Tokens per grid step: the largest multiple of 128 lanes that divides `tokens` and keeps a float32
-    [hidden, block] array within HIDDEN_BYTES (at least 128); all `tokens` when it is not a multiple of
-    128 lanes (a block may always span a whole array); 0 when neither fits VMEM."""
+def block_tokens(tokens: int, hidden: int, c_major: bool = True, itemsize: int = 2) -> int:
+    """Tokens per grid step: the largest block that divides `tokens`, spans whole tiles (C-major: a multiple
+    of 128 lanes; row-major: of a tile's rows, 16 bf16 or 8 float32) and keeps a float32 [hidden, block]
+    array within HIDDEN_BYTES (else the smallest); all `tokens` when no block spans whole tiles (a block may
+    always span a whole array) and that fits 4x the budget; 0 when nothing does."""
+    step = LANES if c_major else tile_rows(itemsize)
     best = 0
-    for block in range(LANES, tokens + 1, LANES):
+    for block in range(step, tokens + 1, step):
         if tokens % block == 0 and (block * hidden * 4 <= HIDDEN_BYTES or not best):
             best = block
     if best:
@@ -71,80 +75,117 @@ def _gelu_parts(h):
     return h * cdf, cdf
 
 
-def _hidden(xn, w1t_ref, b1_ref):
-    """fc1 of normalised [C, tokens]: [H, tokens] in the tokens' dtype, its bias added as `nnx.Linear` does."""
-    h = jnp.dot(w1t_ref[...], xn, preferred_element_type=accumulator(xn.dtype)).astype(xn.dtype)
-    return h + b1_ref[...].astype(xn.dtype)
+def _apply(w_ref, x, c_major: bool):
+    """A product of a block: w @ x on C-major blocks (w [out, in], x [in, tokens]), x @ w on row-major ones
+    (x [tokens, in], w [in, out]), accumulated in float32 and rounded to the block's dtype, as XLA's."""
+    w = w_ref[...]
+    y = (
+        jnp.dot(w, x, preferred_element_type=accumulator(x.dtype))
+        if c_major
+        else jnp.dot(x, w, preferred_element_type=accumulator(x.dtype))
+    )
+    return y.astype(x.dtype)
 
 
-def _forward_kernel(xt_ref, scale_ref, shift_ref, w1t_ref, b1_ref, w2t_ref, b2_ref, yt_ref, *, eps: float):
-    xn = normalized_columns(xt_ref, scale_ref, shift_ref, eps)[0]
-    h = _hidden(xn, w1t_ref, b1_ref)
-    g = _gelu_parts(h.astype(accumulator(h.dtype)))[0].astype(h.dtype)
-    y = jnp.dot(w2t_ref[...], g, preferred_element_type=accumulator(g.dtype)).astype(g.dtype)
-    yt_ref[...] = (y + b2_ref[...].astype(g.dtype)).astype(yt_ref.dtype)
+def _weight_grad(dy, x, c_major: bool):
+    """The gradient of the weights of `_apply(w, x)` whose output's gradient is `dy`: the tokens contracted."""
+    if c_major:  # dy [out, tokens] x [in, tokens] -> [out, in].
+        return jax.lax.dot_general(dy, x, (((1,), (1,)), ((), ())), preferred_element_type=accumulator(x.dtype))
+    return jax.lax.dot_general(x, dy, (((0,), (0,)), ((), ())), preferred_element_type=accumulator(x.dtype))
 
 
-def _backward_kernel(*refs, eps: float):
-    xt_ref, scale_ref, shift_ref, w1t_ref, b1_ref, w2t_ref, b2_ref, w1_ref, w2_ref, dyt_ref, *grads = refs
-    dxt_ref, dscale_ref, dshift_ref, dw1t_ref, db1_ref, dw2t_ref, db2_ref = grads
-    zero_on_first_step(dscale_ref, dshift_ref, dw1t_ref, db1_ref, dw2t_ref, db2_ref)
-    xn, xhat, rstd = normalized_columns(xt_ref, scale_ref, shift_ref, eps)
-    acc = accumulator(xn.dtype)
-    h = _hidden(xn, w1t_ref, b1_ref)
-    g, cdf = _gelu_parts(h.astype(acc))
-    g = g.astype(h.dtype)
-    dy = dyt_ref[...]  # [C, tokens]
-    t = (((1,), (1,)), ((), ()))  # Contract the tokens: [a, tokens] x [b, tokens] -> [a, b].
-    dw2t_ref[...] += jax.lax.dot_general(dy, g, t, preferred_element_type=acc)
-    db2_ref[...] += dy.astype(acc).sum(axis=1, keepdims=True)
-    dg = jnp.dot(w2_ref[...], dy, preferred_element_type=acc)  # [H, tokens]
+def _hidden(x_ref, scale_ref, shift_ref, w1_ref, b1_ref, eps: float, c_major: bool):
+    """(normalised tokens, x_hat, 1 / std, fc1's output h and GELU's float32 parts of it) of a block."""
+    xn, xhat, rstd = normalized(x_ref, scale_ref, shift_ref, eps, axis=0 if c_major else 1)
+    h = _apply(w1_ref, xn, c_major) + b1_ref[...].astype(xn.dtype)  # The bias added as nnx.Linear adds it.
+    return xn, xhat, rstd, h, _gelu_parts(h.astype(accumulator(h.dtype)))
+
+
+def _forward_kernel(*refs, eps: float, c_major: bool, dropped: bool):
+    x_ref, scale_ref, shift_ref, w1_ref, b1_ref, w2_ref, b2_ref, *rest = refs
+    keep_ref = rest.pop(0) if dropped else None
+    (out_ref,) = rest
+    h, (g, _) = _hidden(x_ref, scale_ref, shift_ref, w1_ref, b1_ref, eps, c_major)[3:]
+    y = _apply(w2_ref, g.astype(h.dtype), c_major)
+    y = y + b2_ref[...].astype(y.dtype)
+    if keep_ref is not None:  # Stochastic depth: each row's branch scaled by 0 or 1 / keep probability.
+        y = (y.astype(accumulator(y.dtype)) * keep_ref[...]).astype(y.dtype)
+    out_ref[...] = (x_ref[...] + y).astype(out_ref.dtype)
+
+
+def _backward_kernel(*refs, eps: float, c_major: bool, dropped: bool):
+    """`w1_ref`, `w2_ref` as the forward pass applies them, `w1b_ref`, `w2b_ref` their transposes."""
+    x_ref, scale_ref, shift_ref, w1_ref, b1_ref, w2_ref, b2_ref, *rest = refs
+    keep_ref = rest.pop(0) if dropped else None
+    w1b_ref, w2b_ref, dout_ref, dx_ref, dscale_ref, dshift_ref, dw1_ref, db1_ref, dw2_ref, db2_ref = rest
+    zero_on_first_step(dscale_ref, dshift_ref, dw1_ref, db1_ref, dw2_ref, db2_ref)
+    xn, xhat, rstd, h, (g, cdf) = _hidden(x_ref, scale_ref, shift_ref, w1_ref, b1_ref, eps, c_major)
+    acc, tokens = accumulator(xn.dtype), 1 if c_major else 0
+    dout = dout_ref[...]
+    dy = dout if keep_ref is None else (dout.astype(acc) * keep_ref[...]).astype(dout.dtype)
+    dw2_ref[...] += _weight_grad(dy, g.astype(h.dtype), c_major)
+    db2_ref[...] += dy.astype(acc).sum(axis=tokens, keepdims=True)
     hf = h.astype(acc)
     slope = cdf + hf * jnp.exp(-0.5 * hf * hf) * (1 / math.sqrt(2 * math.pi))  # GELU'(h).
-    dh = (dg.astype(h.dtype).astype(acc) * slope).astype(h.dtype)
-    dw1t_ref[...] += jax.lax.dot_general(dh, xn, t, preferred_element_type=acc)
-    db1_ref[...] += dh.astype(acc).sum(axis=1, keepdims=True)
-    dxn = jnp.dot(w1_ref[...], dh, preferred_element_type=acc).astype(xn.dtype).astype(acc)  # [C, tokens]
-    dscale_ref[...] += (dxn * xhat).sum(axis=1, keepdims=True)
-    dshift_ref[...] += dxn.sum(axis=1, keepdims=True)
-    gn = dxn * scale_ref[...]  # LayerNorm's backward, over C.
-    dx = rstd * (gn - gn.mean(axis=0, keepdims=True) - xhat * (gn * xhat).mean(axis=0, keepdims=True))
-    dxt_ref[...] = dx.astype(dxt_ref.dtype)
+    dh = (_apply(w2b_ref, dy, c_major).astype(acc) * slope).astype(h.dtype)
+    dw1_ref[...] += _weight_grad(dh, xn, c_major)
+    db1_ref[...] += dh.astype(acc).sum(axis=tokens, keepdims=True)
+    dxn = _apply(w1b_ref, dh, c_major).astype(acc)
+    dscale_ref[...] += (dxn * xhat).sum(axis=tokens, keepdims=True)
+    dshift_ref[...] += dxn.sum(axis=tokens, keepdims=True)
+    dx = layer_norm_backward(dxn, xhat, rstd, scale_ref, axis=1 - tokens).astype(dout.dtype)
+    dx_ref[...] = (dout + dx).astype(dx_ref.dtype)  # The residual's gradient and the branch's.
 
 
 def _cost(c: int, hidden: int, tokens: int, products: int, vector_ops: int, io_bytes: int) -> pl.CostEstimate:
-    """`products` [H, C] x [C, tokens]-sized products (C padded to the matrix unit) or the vector work of
-    `vector_ops` per hidden element, whichever takes longer, in MXU flops (VECTOR_FLOPS), one erf and one
-    exp per hidden element, and the HBM bytes read and written (`io_bytes`)."""
+    """`products` [tokens, C] x [C, H]-sized products (C and H padded to the matrix unit) or the vector work
+    of `vector_ops` per hidden element, whichever takes longer, in MXU flops (VECTOR_FLOPS), one erf and
+    one exp per hidden element, and the HBM bytes read and written (`io_bytes`)."""
     padded = lambda x: -(-x // MXU) * MXU  # noqa: E731
     matrix = products * 2 * tokens * padded(c) * padded(hidden)
     vector = VECTOR_FLOPS * tokens * (vector_ops * hidden + NORM_OPS * c)
     return pl.CostEstimate(flops=max(matrix, vector), transcendentals=tokens * hidden * 2, bytes_accessed=io_bytes)
 
 
-def _call(xt, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret, dyt=None):
-    """The forward kernel on C-major tokens `xt` [C, tokens] (-> the output [C, tokens]), or with `dyt` the
-    backward one (-> the gradients of `xt`, the LayerNorm weights, w1^T, b1, w2^T and b2)."""
-    c, tokens = xt.shape
-    hidden, itemsize, acc = w1.shape[1], xt.dtype.itemsize, accumulator(xt.dtype)
-    block = block_tokens(tokens, hidden)
-    args = (xt, norm_scale.reshape(c, 1).astype(acc), norm_shift.reshape(c, 1).astype(acc), w1.T)
-    args += (b1.reshape(hidden, 1), w2.T, b2.reshape(c, 1))
-    columns = pl.BlockSpec((c, block), lambda i: (0, i))
-    specs = [columns] + [resident(a.shape) for a in args[1:]]
+def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret, dout=None):
+    """The forward kernel on token rows `x` [tokens, C] (-> x + keep * MLP(LayerNorm(x)), [tokens, C]), or
+    with `dout` the backward one (-> the gradients of `x`, the LayerNorm weights, w1, b1, w2 and b2). Rows
+    narrower than whole lanes go to the kernel C-major ([C, tokens] blocks, as XLA holds them), others
+    row-major. `keep`: each row's stochastic-depth scale [tokens] (float32), or None."""
+    tokens, c = x.shape
+    hidden, acc, c_major, dropped = w1.shape[1], accumulator(x.dtype), c % LANES != 0, keep is not None
+    block = block_tokens(tokens, hidden, c_major, x.dtype.itemsize)
+    orient = (lambda a: a.T) if c_major else (lambda a: a)  # noqa: E731  Of a token-major array or a weight.
+    vector = lambda v: orient(v.reshape(1, -1))  # noqa: E731  A [C] or [H] vector, broadcast over the tokens.
+    args = (orient(x), vector(norm_scale).astype(acc), vector(norm_shift).astype(acc), orient(w1), vector(b1))
+    args += (orient(w2), vector(b2))
+
+    def blocks(width: int) -> pl.BlockSpec:  # Grid step i's block of a token-major array `width` wide.
+        if c_major:
+            return pl.BlockSpec((width, block), lambda i: (0, i))
+        return pl.BlockSpec((block, width), lambda i: (i, 0))
+
+    rows = blocks(c)
+    specs = [rows] + [resident(a.shape) for a in args[1:]]
+    if dropped:
+        args += (orient(keep.reshape(tokens, 1).astype(acc)),)
+        specs.append(blocks(1))
+    kernel_args = dict(eps=eps, c_major=c_major, dropped=dropped)
     weights_bytes = (w1.size + w2.size) * w1.dtype.itemsize
-    if dyt is None:
-        kernel, out_specs, semantics = functools.partial(_forward_kernel, eps=eps), columns, "parallel"
-        out_shape = jax.ShapeDtypeStruct(xt.shape, xt.dtype)
-        cost = _cost(c, hidden, tokens, 2, FORWARD_OPS, 2 * xt.size * itemsize + weights_bytes)
+    io = 2 * x.size * x.dtype.itemsize + weights_bytes + (tokens * acc.itemsize if dropped else 0)
+    if dout is None:
+        kernel, out_specs, semantics = functools.partial(_forward_kernel, **kernel_args), rows, "parallel"
+        out_shape = jax.ShapeDtypeStruct(args[0].shape, x.dtype)
+        cost = _cost(c, hidden, tokens, 2, FORWARD_OPS, io)
     else:
-        args += (w1, w2, dyt)
-        specs += [resident(w1.shape), resident(w2.shape), columns]
-        kernel, semantics = functools.partial(_backward_kernel, eps=eps), "arbitrary"  # Gradients summed.
-        out_specs = [columns] + specs[1:7]
+        args += (orient(w1).T, orient(w2).T, orient(dout))
+        specs += [resident(args[-3].shape), resident(args[-2].shape), rows]
+        kernel, semantics = functools.partial(_backward_kernel, **kernel_args), "arbitrary"  # Gradients summed.
+        out_specs = [rows] + specs[1:7]
         # The tokens' gradient in their dtype, the weights' and biases' summed in float32 (or float64).
-        out_shape = [jax.ShapeDtypeStruct(xt.shape, xt.dtype)] + [jax.ShapeDtypeStruct(a.shape, acc) for a in args[1:7]]
-        io = 3 * xt.size * itemsize + 2 * weights_bytes + (w1.size + w2.size) * acc.itemsize
+        out_shape = [jax.ShapeDtypeStruct(args[0].shape, x.dtype)]
+        out_shape += [jax.ShapeDtypeStruct(a.shape, acc) for a in args[1:7]]
+        io += x.size * x.dtype.itemsize + weights_bytes + (w1.size + w2.size) * acc.itemsize
         cost = _cost(c, hidden, tokens, 5, FORWARD_OPS + BACKWARD_OPS, io)
     call = lambda interpret: pl.pallas_call(  # noqa: E731
         kernel,
@@ -156,51 +197,56 @@ def _call(xt, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret, dyt=None):
         cost_estimate=cost,
         interpret=interpret,
     )(*args)  # fmt: skip
-    return on_platform(call, interpret)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _fused(xt, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret):
-    return _call(xt, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret)
-
-
-def _fused_fwd(xt, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret):
-    return _call(xt, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret), (
-        xt,
-        norm_scale,
-        norm_shift,
-        w1,
-        b1,
-        w2,
-        b2,
+    out = on_platform(call, interpret)
+    if dout is None:
+        return orient(out)
+    # As the inputs: the tokens' and weights' gradients from the kernel's orientation, the vectors' flat.
+    dx, dscale, dshift, dw1, db1, dw2, db2 = out
+    return (
+        orient(dx),
+        dscale.reshape(c),
+        dshift.reshape(c),
+        orient(dw1),
+        db1.reshape(hidden),
+        orient(dw2),
+        db2.reshape(c),
     )
 
 
-def _fused_bwd(eps, interpret, residuals, dyt):
-    xt, norm_scale, norm_shift, w1, b1, w2, b2 = residuals
-    dxt, dscale, dshift, dw1t, db1, dw2t, db2 = _call(*residuals, eps, interpret, dyt)
-    like = lambda g, x: g.reshape(x.shape).astype(x.dtype)  # noqa: E731
-    return (
-        dxt, like(dscale, norm_scale), like(dshift, norm_shift), like(dw1t.T, w1), like(db1, b1),
-        like(dw2t.T, w2), like(db2, b2),
-    )  # fmt: skip
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def _fused(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret):
+    return _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret)
+
+
+def _fused_fwd(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret):
+    residuals = (x, keep, norm_scale, norm_shift, w1, b1, w2, b2)
+    return _call(*residuals, eps, interpret), residuals
+
+
+def _fused_bwd(eps, interpret, residuals, dout):
+    x, keep, *weights = residuals
+    dx, *grads = _call(*residuals, eps, interpret, dout)
+    keep_grad = None if keep is None else jnp.zeros_like(keep)  # A random draw, not differentiated.
+    return (dx, keep_grad) + tuple(g.astype(w.dtype) for g, w in zip(grads, weights, strict=True))
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def pays(c: int, tokens: int, hidden: int) -> bool:
-    """Whether the fused MLP serves rows C wide: where XLA keeps them C-major (C not a multiple of 128
-    lanes: Swin-T's stages 1 and 2) and a grid step's hidden block fits VMEM."""
-    return c % LANES != 0 and block_tokens(tokens, hidden) > 0
+    """Whether the fused MLP serves `tokens` rows C wide: whether a grid step's block fits VMEM."""
+    return block_tokens(tokens, hidden, c % LANES != 0) > 0
 
 
-def mlp(rows: jax.Array, norm_scale, norm_shift, eps: float, w1, b1, w2, b2, interpret: bool | None = None):
-    """fc2(GELU(fc1(LayerNorm(rows)))) of token rows [N, C] (LayerNorm weights `norm_scale`, `norm_shift`,
-    epsilon `eps`; fc1 `w1` [C, H] and `b1`, fc2 `w2` [H, C] and `b2`) as one Pallas kernel per device
-    (each on its share of the rows under a mesh that shards the batch): [N, C] out, without the residual."""
+def residual_mlp(
+    rows: jax.Array, norm_scale, norm_shift, eps: float, w1, b1, w2, b2, keep=None, interpret: bool | None = None
+) -> jax.Array:
+    """rows + keep * fc2(GELU(fc1(LayerNorm(rows)))) of token rows [N, C] (LayerNorm weights `norm_scale`,
+    `norm_shift`, epsilon `eps`; fc1 `w1` [C, H] and `b1`, fc2 `w2` [H, C] and `b2`; `keep` each row's
+    stochastic-depth scale [N], 0 or 1 / keep probability, or None for 1) as one Pallas kernel per device,
+    each on its share of the rows under a mesh that shards the batch."""
 
-    def fn(rows, *weights):
-        return _fused(rows.T, *weights, eps, interpret).T
+    def fn(rows, keep, *weights):
+        return _fused(rows, keep, *weights, eps, interpret)
 
-    return per_device(fn, rows, norm_scale, norm_shift, w1, b1, w2, b2)
+    return per_device(fn, rows, keep, norm_scale, norm_shift, w1, b1, w2, b2, split=2)

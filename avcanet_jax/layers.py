@@ -144,6 +144,15 @@ class DropPath(nnx.Module):
         mask = jnp.repeat(mask, x.shape[0] // batch, axis=0)
         return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
+    def row_scale(self, rows: int, batch: int) -> jax.Array | None:
+        """What `self(x, batch)` multiplies each of x's `rows` rows by, float32 [rows] (0 or 1 / keep
+        probability, from the same draw), for kernels that apply it themselves; None when it is 1."""
+        if self.deterministic or self.rate == 0.0:
+            return None
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.rngs(), keep, (batch,))
+        return jnp.repeat(jnp.where(mask, 1 / keep, 0.0).astype(jnp.float32), rows // batch)
+
 
 class Mlp(nnx.Module):
     """Linear -> GELU -> dropout -> Linear -> dropout. GELU is exact (erf, as torch.nn.GELU) unless

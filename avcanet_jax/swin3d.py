@@ -354,9 +354,8 @@ class SwinBlock3d(nnx.Module):
 
     def _mlp(self, rows: jax.Array, windows: Windows) -> jax.Array:
         if self._fuses_mlp(rows):
-            with jax.named_scope("mlp"):  # Its LayerNorm included.
-                y = self._fused_mlp(rows)
-            return rows + self.drop_path(y, windows.batch)
+            with jax.named_scope("mlp"):  # Its LayerNorm, stochastic depth and the residual included.
+                return self._fused_mlp(rows, windows.batch)
         with jax.named_scope("norm"):
             y = self.norm2(rows)
         with jax.named_scope("mlp"):
@@ -374,14 +373,15 @@ class SwinBlock3d(nnx.Module):
             and fused_mlp.pays(rows.shape[-1], tokens, mlp.fc1.out_features)
         )
 
-    def _fused_mlp(self, rows: jax.Array) -> jax.Array:
-        """`self.mlp(self.norm2(rows))` through `fused_mlp.mlp`, weights in the compute dtype as nnx.Linear
-        casts them."""
+    def _fused_mlp(self, rows: jax.Array, batch: int) -> jax.Array:
+        """`rows + self.drop_path(self.mlp(self.norm2(rows)), batch)` through `fused_mlp.residual_mlp`, weights
+        in the compute dtype as nnx.Linear casts them."""
         fc1, fc2, norm = self.mlp.fc1, self.mlp.fc2, self.norm2
         tokens, w1, b1, w2, b2 = nnx.nn.dtypes.promote_dtype(
             (rows, fc1.kernel[...], fc1.bias[...], fc2.kernel[...], fc2.bias[...]), dtype=fc1.dtype
         )
-        return fused_mlp.mlp(tokens, norm.scale[...], norm.bias[...], norm.epsilon, w1, b1, w2, b2)
+        keep = self.drop_path.row_scale(rows.shape[0], batch)
+        return fused_mlp.residual_mlp(tokens, norm.scale[...], norm.bias[...], norm.epsilon, w1, b1, w2, b2, keep)
 
 
 class PatchMerging(nnx.Module):

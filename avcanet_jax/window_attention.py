@@ -381,19 +381,26 @@ def block_rows_windows(n: int, nw: int, vol: int) -> int:
     return n
 
 
-def normalized_columns(xt_ref, scale_ref, shift_ref, eps: float):
-    """LayerNorm over C of a [C, tokens] block as flax computes it (in float32, or float64 for float64
-    tokens; variance E[x^2] - E[x]^2): (normalised tokens in the tokens' dtype, x_hat, 1 / std)."""
-    x = xt_ref[...].astype(accumulator(xt_ref.dtype))
-    mean = x.mean(axis=0, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.maximum((x * x).mean(axis=0, keepdims=True) - mean * mean, 0.0) + eps)
+def normalized(x_ref, scale_ref, shift_ref, eps: float, axis: int = 0):
+    """LayerNorm over C of a block, C its `axis` (0: a [C, tokens] block, the weights [C, 1]; 1: [tokens, C],
+    the weights [1, C]) as flax computes it (in float32, or float64 for float64 tokens; variance
+    E[x^2] - E[x]^2): (normalised tokens in the tokens' dtype, x_hat, 1 / std)."""
+    x = x_ref[...].astype(accumulator(x_ref.dtype))
+    mean = x.mean(axis=axis, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.maximum((x * x).mean(axis=axis, keepdims=True) - mean * mean, 0.0) + eps)
     xhat = (x - mean) * rstd
-    return (xhat * scale_ref[...] + shift_ref[...]).astype(xt_ref.dtype), xhat, rstd
+    return (xhat * scale_ref[...] + shift_ref[...]).astype(x_ref.dtype), xhat, rstd
+
+
+def layer_norm_backward(dxn, xhat, rstd, scale_ref, axis: int = 0):
+    """The gradient of a block's tokens from that of its normalised tokens (LayerNorm over `axis`)."""
+    g = dxn * scale_ref[...]
+    return rstd * (g - g.mean(axis=axis, keepdims=True) - xhat * (g * xhat).mean(axis=axis, keepdims=True))
 
 
 def _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol: int, eps: float):
     """(qkv + bias [windows, V, 3C], normalised [C, tokens], x_hat, 1 / std) of a block."""
-    xn, xhat, rstd = normalized_columns(xt_ref, scale_ref, shift_ref, eps)
+    xn, xhat, rstd = normalized(xt_ref, scale_ref, shift_ref, eps)
     acc = accumulator(xn.dtype)
     qkv = jax.lax.dot_general(xn, w_ref[...], (((0,), (0,)), ((), ())), preferred_element_type=acc).astype(xn.dtype)
     return _windows(qkv, vol) + qkv_bias_ref[...].astype(xn.dtype)[None], xn, xhat, rstd
@@ -451,9 +458,7 @@ def _sublayer_backward_kernel(*refs, heads: int, scale: float, masked: bool, eps
     dxn = dxn.astype(xn.dtype).astype(acc)  # [C, tokens]
     dscale_ref[...] += (dxn * xhat).sum(axis=1, keepdims=True)
     dshift_ref[...] += dxn.sum(axis=1, keepdims=True)
-    g = dxn * scale_ref[...]  # LayerNorm's backward, over C.
-    dx = rstd * (g - g.mean(axis=0, keepdims=True) - xhat * (g * xhat).mean(axis=0, keepdims=True))
-    dxt_ref[...] = dx.astype(dxt_ref.dtype)
+    dxt_ref[...] = layer_norm_backward(dxn, xhat, rstd, scale_ref).astype(dxt_ref.dtype)
 
 
 def _chunk(shape) -> int:
@@ -581,17 +586,17 @@ def cudnn(qkv: jax.Array, bias: jax.Array, mask, heads: int, implementation: str
     return per_device(lambda q, b, m: dot_product(q, b, m, heads, implementation), qkv, bias, mask)
 
 
-def per_device(fn, qkv: jax.Array, *replicated_args):
+def per_device(fn, qkv: jax.Array, *replicated_args, split: int = 1):
     """`fn(qkv, *replicated_args)`, or under a mesh that shards the batch, `jax.shard_map` of it with `qkv`
     (and the result) split over the mesh axes the logical "batch" axis maps to (windows are batch-major)
-    and the other arguments whole on each device. For calls XLA cannot partition (a Pallas kernel) or
-    should not (per-window layouts)."""
+    and the other arguments whole on each device, but for the first `split` - 1 of them, split as `qkv`
+    (None stays None). For calls XLA cannot partition (a Pallas kernel) or should not (per-window layouts)."""
     mesh = jax.sharding.get_abstract_mesh()
     batch_axes = () if mesh.empty else _batch_axes(mesh)
     if not batch_axes:
         return fn(qkv, *replicated_args)
-    spec = jax.sharding.PartitionSpec(batch_axes)
-    in_specs = (spec, *[jax.sharding.PartitionSpec()] * len(replicated_args))
+    spec, whole = jax.sharding.PartitionSpec(batch_axes), jax.sharding.PartitionSpec()
+    in_specs = (spec,) + tuple(spec if i < split - 1 else whole for i in range(len(replicated_args)))
     # check_vma=False: a pallas_call or custom call does not say how its outputs vary over the mesh axes.
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(qkv, *replicated_args)
 

@@ -16,33 +16,37 @@ from flax import nnx
 from avcanet_jax import fused_mlp, window_attention
 from avcanet_jax.layers import DEFAULT_RULES
 
-C, HIDDEN, TOKENS = 24, 96, 512
+TOKENS = 384
 
 
-def _inputs(dtype=jnp.float32):
-    """Token rows [TOKENS, C], LayerNorm scale and shift, fc1 [C, H] and bias, fc2 [H, C] and bias; the rows
-    spread so that GELU sees both its tails."""
+def _inputs(c: int, dtype=jnp.float32):
+    """Token rows [TOKENS, c], LayerNorm scale and shift, fc1 [c, 4c] and bias, fc2 [4c, c] and bias; the
+    rows spread so that GELU sees both its tails."""
     rng = np.random.default_rng(5)
+    hidden = 4 * c
     normal = lambda shape, std, mean=0.0: jnp.asarray(rng.standard_normal(shape) * std + mean)  # noqa: E731
-    rows = normal((TOKENS, C), 2.0, 0.5).astype(dtype)
-    scale, shift = normal(C, 0.3, 1.0).astype(jnp.float32), normal(C, 0.1).astype(jnp.float32)
-    w1, b1 = normal((C, HIDDEN), 2 * C**-0.5).astype(dtype), normal(HIDDEN, 0.5).astype(dtype)
-    w2, b2 = normal((HIDDEN, C), HIDDEN**-0.5).astype(dtype), normal(C, 0.1).astype(dtype)
+    rows = normal((TOKENS, c), 2.0, 0.5).astype(dtype)
+    scale, shift = normal(c, 0.3, 1.0).astype(jnp.float32), normal(c, 0.1).astype(jnp.float32)
+    w1, b1 = normal((c, hidden), 2 * c**-0.5).astype(dtype), normal(hidden, 0.5).astype(dtype)
+    w2, b2 = normal((hidden, c), hidden**-0.5).astype(dtype), normal(c, 0.1).astype(dtype)
     return rows, scale, shift, w1, b1, w2, b2
 
 
-def _loss(fused: bool):
-    """A loss of (rows, LayerNorm scale and shift, fc1 and its bias, fc2 and its bias): fused, or flax's
-    LayerNorm and XLA's products and GELU (the Swin blocks' path)."""
-    weights = jnp.cos(jnp.arange(C, dtype=jnp.float32))
+def _loss(fused: bool, keep=None):
+    """A loss of (rows, LayerNorm scale and shift, fc1 and its bias, fc2 and its bias) through the residual
+    MLP (`keep`: each row's stochastic-depth scale): fused, or flax's LayerNorm and XLA's products, GELU and
+    residual (the Swin blocks' path)."""
 
     def loss(rows, scale, shift, w1, b1, w2, b2):
+        c = rows.shape[-1]
+        weights = jnp.cos(jnp.arange(c, dtype=jnp.float32))
         if fused:
-            out = fused_mlp.mlp(rows, scale, shift, 1e-5, w1, b1, w2, b2)
+            out = fused_mlp.residual_mlp(rows, scale, shift, 1e-5, w1, b1, w2, b2, keep)
         else:
-            norm = nnx.LayerNorm(C, epsilon=1e-5, dtype=rows.dtype, rngs=nnx.Rngs(0))
+            norm = nnx.LayerNorm(c, epsilon=1e-5, dtype=rows.dtype, rngs=nnx.Rngs(0))
             norm.scale[...], norm.bias[...] = scale, shift
             out = jax.nn.gelu(norm(rows) @ w1 + b1, approximate=False) @ w2 + b2
+            out = rows + (out if keep is None else out * keep[:, None].astype(out.dtype))
         return (out.astype(jnp.float32) * weights).sum()
 
     return loss
@@ -56,28 +60,35 @@ def _pallas_operands(jaxpr):
             yield from _pallas_operands(sub)
 
 
-def test_the_fused_mlp_equals_layer_norm_products_and_gelu(monkeypatch):
-    """Four grid steps of 128 tokens (a small hidden budget), so the weight and bias gradients are sums
-    over steps; the rows reach the kernel C-major."""
-    monkeypatch.setattr(fused_mlp, "HIDDEN_BYTES", 128 * HIDDEN * 4)
-    assert fused_mlp.block_tokens(TOKENS, HIDDEN) == 128
-    args = _inputs()
+# Four examples of 96 rows; the second dropped, the others kept with probability 0.8.
+KEEP = jnp.repeat(jnp.asarray([1.25, 0.0, 1.25, 1.25], jnp.float32), TOKENS // 4)
+
+
+@pytest.mark.parametrize(("c", "keep"), [(24, None), (24, KEEP), (128, KEEP)])
+def test_the_fused_mlp_equals_layer_norm_products_gelu_and_residual(c, keep, monkeypatch):
+    """Rows 24 wide go to the kernel C-major ([C, tokens] blocks), 128 wide row-major; three grid steps
+    (a small hidden budget), so the weight and bias gradients are sums over steps."""
+    monkeypatch.setattr(fused_mlp, "HIDDEN_BYTES", 128 * 4 * c * 4)
+    c_major = c == 24
+    assert fused_mlp.block_tokens(TOKENS, 4 * c, c_major, 4) == 128
+    args = _inputs(c)
     argnums = tuple(range(len(args)))
-    value, grads = jax.value_and_grad(_loss(True), argnums=argnums)(*args)
-    want_value, want = jax.value_and_grad(_loss(False), argnums=argnums)(*args)
+    value, grads = jax.value_and_grad(_loss(True, keep), argnums=argnums)(*args)
+    want_value, want = jax.value_and_grad(_loss(False, keep), argnums=argnums)(*args)
     np.testing.assert_allclose(value, want_value, rtol=1e-5)
     for g, w in zip(grads, want, strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype
         np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
     rows = args[0]
-    jaxpr = jax.make_jaxpr(lambda r: fused_mlp.mlp(r, *args[1:3], 1e-5, *args[3:]))(rows)
-    assert rows.T.shape in {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}  # C-major: [C, tokens].
+    jaxpr = jax.make_jaxpr(lambda r: fused_mlp.residual_mlp(r, *args[1:3], 1e-5, *args[3:]))(rows)
+    operands = {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}
+    assert (rows.T.shape in operands) == c_major and (rows.shape in operands) != c_major
 
 
 def test_the_fused_mlp_in_bfloat16_and_under_a_sharded_mesh():
     """bf16 within bf16 rounding of float32; under a mesh each device runs its own rows, and its share of
     every weight's gradient is summed over devices."""
-    args = _inputs(jnp.bfloat16)
+    args = _inputs(24, jnp.bfloat16)
     exact = [a.astype(jnp.float32) for a in args]
     argnums = tuple(range(len(args)))
     value, grads = jax.value_and_grad(_loss(True), argnums=argnums)(*args)
@@ -99,15 +110,47 @@ def test_the_fused_mlp_in_bfloat16_and_under_a_sharded_mesh():
 
 
 @pytest.mark.parametrize(
-    ("tokens", "hidden", "block"),
+    ("tokens", "hidden", "c_major", "block"),
     [
-        (100352, 384, 2048),  # Stage 1 at 2 clips per chip: 49 steps of 16 lane rows.
-        (25088, 768, 896),  # Stage 2: 28 steps of 7.
-        (200, 64, 200),  # Not whole lanes: one block spans the array.
-        (10**6 + 1, 384, 0),  # Neither: the Swin block keeps XLA's path.
+        (100352, 384, True, 2048),  # Stage 1 at 2 clips per chip: 49 steps of 16 lane rows.
+        (25088, 768, True, 896),  # Stage 2: 28 steps of 7.
+        (6272, 1536, False, 448),  # Stage 3, row-major: 14 steps of 28 bf16 tiles.
+        (1568, 3072, False, 224),  # Stage 4.
+        (200, 64, True, 200),  # Not whole lanes: one block spans the array.
+        (10**6 + 1, 384, True, 0),  # Neither: the Swin block keeps XLA's path.
     ],
 )
-def test_fused_mlp_blocks_fill_whole_lanes_within_the_hidden_budget(tokens, hidden, block):
-    assert fused_mlp.block_tokens(tokens, hidden) == block
-    assert fused_mlp.pays(96, tokens, hidden) == (block > 0)
-    assert not fused_mlp.pays(384, tokens, hidden)  # Rows of whole lanes: XLA keeps them row-major.
+def test_fused_mlp_blocks_span_whole_tiles_within_the_hidden_budget(tokens, hidden, c_major, block):
+    assert fused_mlp.block_tokens(tokens, hidden, c_major) == block
+    assert fused_mlp.pays(96 if c_major else 384, tokens, hidden) == (block > 0)
+
+
+def test_swin_blocks_fuse_the_mlp_with_stochastic_depth_in_training():
+    """A Swin block in training (stochastic depth 0.5, so some examples' branches are dropped) with the
+    Pallas paths gives the XLA path's output and gradients from the same random draws."""
+    from avcanet_jax.swin3d import SwinBlock3d, SwinConfig
+
+    shape = (4, 2, 8, 8, 16)
+    rows = jnp.asarray(np.random.default_rng(2).standard_normal((np.prod(shape[:-1]), 16)), jnp.float32)
+    results = []
+    for impl in ("xla", "pallas"):
+        cfg = SwinConfig(window_size=(2, 4, 4), attention=impl)
+        block = SwinBlock3d(16, 2, (0, 0, 0), 0.5, cfg, nnx.Rngs(0, dropout=1))
+        windows = block.windows(shape)
+        assert block._fuses_mlp(rows) == (impl == "pallas")
+
+        def loss(block, rows, windows=windows):
+            return (block(rows, windows) * jnp.cos(rows)).sum()
+
+        results.append(nnx.value_and_grad(loss, argnums=(0, 1))(block, rows))
+    (want, (want_block, want_rows)), (got, (got_block, got_rows)) = results
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(got_rows, want_rows, atol=1e-5 * float(np.abs(want_rows).max()))
+    for g, w in zip(
+        jax.tree.leaves(nnx.state(got_block, nnx.Param)), jax.tree.leaves(nnx.state(want_block, nnx.Param)), strict=True
+    ):
+        np.testing.assert_allclose(g, w, atol=1e-5 * float(np.abs(w).max()))
+    # The second draw (the MLP's; the attention's is first) dropped some examples' branch and kept others.
+    drop_path = SwinBlock3d(16, 2, (0, 0, 0), 0.5, cfg, nnx.Rngs(0, dropout=1)).drop_path
+    drop_path.row_scale(512, 4)
+    assert set(np.unique(np.asarray(drop_path.row_scale(512, 4)))) == {0.0, 2.0}
