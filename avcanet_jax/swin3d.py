@@ -304,14 +304,17 @@ class WindowAttention3d(nnx.Module):
         out = window_attention.attention(qkv, bias, mask, self.num_heads, self.impl, dropout, qkv_bias)
         return self.proj_drop(self.proj(out))
 
-    def after_norm(self, rows: jax.Array, windows: Windows, norm: nnx.LayerNorm) -> jax.Array:
-        """`self(norm(rows), windows)` with the Pallas kernel making the LayerNorm, the qkv projection and
-        the attention in one pass over the rows (`window_attention.sublayer`); maps without padding only."""
+    def sublayer(self, rows: jax.Array, windows: Windows, norm: nnx.LayerNorm, keep=None) -> jax.Array:
+        """`rows + keep * self(norm(rows), windows)` with the Pallas kernel making the LayerNorm, the qkv
+        projection, the attention, the output projection, stochastic depth (`keep`: each row's scale, or
+        None) and the residual in one pass over the rows (`window_attention.sublayer`); maps without
+        padding, and no dropout after the projection."""
         tokens, kernel, qkv_bias, bias, mask = self._operands(rows, windows)
-        out = window_attention.sublayer(
-            tokens, norm.scale[...], norm.bias[...], norm.epsilon, kernel, qkv_bias, bias, mask, self.num_heads
-        )
-        return self.proj_drop(self.proj(out))
+        proj, proj_bias = nnx.nn.dtypes.promote_dtype((self.proj.kernel[...], self.proj.bias[...]), dtype=self.dtype)
+        return window_attention.sublayer(
+            tokens, norm.scale[...], norm.bias[...], norm.epsilon, kernel, qkv_bias, proj, proj_bias, bias, mask,
+            self.num_heads, keep,
+        )  # fmt: skip
 
 
 class SwinBlock3d(nnx.Module):
@@ -339,10 +342,11 @@ class SwinBlock3d(nnx.Module):
 
     def __call__(self, rows: jax.Array, windows: Windows) -> jax.Array:
         """Token rows [B * nW * V, C] in `windows`' order -> the same rows after the block."""
-        if self.attn.impl == "pallas" and windows.valid is None and window_attention.sublayer_pays(rows.shape[-1]):
-            with jax.named_scope("attention"):  # Its LayerNorm included.
-                y = self.attn.after_norm(rows, windows, self.norm1)
-            return self._mlp(rows + self.drop_path(y, windows.batch), windows)
+        if self._fuses_attention(rows, windows):
+            with jax.named_scope("attention"):  # Its LayerNorm, stochastic depth and the residual included.
+                keep = self.drop_path.row_scale(rows.shape[0], windows.batch)
+                rows = self.attn.sublayer(rows, windows, self.norm1, keep)
+            return self._mlp(rows, windows)
         with jax.named_scope("norm"):
             y = self.norm1(rows)
             valid = windows.valid
@@ -361,6 +365,17 @@ class SwinBlock3d(nnx.Module):
         with jax.named_scope("mlp"):
             y = self.mlp(y)
         return rows + self.drop_path(y, windows.batch)
+
+    def _fuses_attention(self, rows: jax.Array, windows: Windows) -> bool:
+        """Whether the attention half runs as one Pallas kernel (`window_attention.sublayer`): with the
+        Pallas attention, at widths XLA keeps C-major, on maps without padding, no dropout after it."""
+        drop = self.attn.proj_drop
+        return (
+            self.attn.impl == "pallas"
+            and windows.valid is None
+            and window_attention.sublayer_pays(rows.shape[-1])
+            and (drop.rate == 0 or bool(drop.deterministic))
+        )
 
     def _fuses_mlp(self, rows: jax.Array) -> bool:
         """Whether the LayerNorm and MLP run as one Pallas kernel (`fused_mlp`): with the Pallas attention, at

@@ -21,9 +21,10 @@ Four implementations of one function, `attention(qkv, bias, mask, heads, impl)`:
   The qkv projection's bias is added inside too, so its gradient (a sum over every token) is reduced
   in the backward kernel from values already on chip instead of in a separate pass over HBM.
   Runs on CPU in Pallas's interpreter (tests), and compiles for TPUs; not for GPUs.
-  `sublayer` is the same kernel with the block's LayerNorm and qkv projection inside: it reads the token
-  rows C-major, as XLA holds rows narrower than whole lanes, and returns their gradient so (the Swin
-  blocks use it at such widths, on maps that need no padding).
+  `sublayer` is the same kernel with the rest of the block's attention half inside (LayerNorm, qkv
+  projection, output projection, stochastic depth, residual): it reads the token rows C-major, as XLA
+  holds rows narrower than whole lanes, and returns its result and their gradient so (the Swin blocks
+  use it at such widths, on maps that need no padding).
 
 `qkv` is [N, V, 3C] with N = batch x windows (windows fastest), `bias` [heads, V, V], `mask` [nW, V, V]
 (0 or -100, the shifted-window mask of window n % nW) or None, `qkv_bias` [3C] (added to `qkv` first).
@@ -239,19 +240,21 @@ def _blocks(qkv, bias, mask) -> tuple[int, int, int, int, int, bool]:
     return n, vol, c3, nw, block_windows(n, nw, vol, c3, qkv.dtype.itemsize, rows), flat
 
 
-def _cost(n, vol, c3, heads, matmuls: int, io_bytes: int, masked: bool, projections: int = 0) -> pl.CostEstimate:
-    """What the kernel makes the chip do: its `matmuls` [V, V] x [V, d] products per window and head and
-    its `projections` [V, C] x [C, 3C]-sized products per window (the fused sublayer's qkv projection and
-    its gradients), with every dimension but a window's rows padded to the matrix unit (a head_dim of 32
-    fills a quarter of a 128-wide MXU, so the attention products are about 5x the model's FLOPs), one exp
-    per score, and the HBM bytes it reads and writes: the blocks, weights and biases (`io_bytes`) and, when
-    masked, each window's float32 mask. (Vector work, the softmax's and LayerNorm's, is not counted.)"""
-    d = c3 // 3 // heads
+def _cost(n, vol, c3, heads, matmuls: int, io_bytes: int, masked: bool, projections=(0, 0)) -> pl.CostEstimate:
+    """What the kernel makes the chip do: its `matmuls` [V, V] x [V, d] products per window and head and,
+    in the fused sublayer, `projections` = (products the size of the qkv projection, [V, C] x [C, 3C], and
+    of the output projection, [V, C] x [C, C]) per window, with every dimension but a window's rows padded
+    to the matrix unit (a head_dim of 32 fills a quarter of a 128-wide MXU, so the attention products are
+    about 5x the model's FLOPs), one exp per score, and the HBM bytes it reads and writes: the blocks,
+    weights and biases (`io_bytes`) and, when masked, each window's float32 mask. Vector work (softmax,
+    LayerNorm: about 9 operations per score forward, 16 backward) is not counted: it takes less time than
+    these padded products (`fused_mlp.VECTOR_FLOPS` prices one vector operation)."""
+    d, c = c3 // 3 // heads, c3 // 3
     padded = lambda x: -(-x // MXU) * MXU  # noqa: E731
     per_product = 2 * vol * padded(vol) * padded(d)
-    per_projection = 2 * vol * padded(c3 // 3) * padded(c3)
+    per_projection = 2 * vol * padded(c) * (projections[0] * padded(c3) + projections[1] * padded(c))
     return pl.CostEstimate(
-        flops=n * (matmuls * heads * per_product + projections * per_projection),
+        flops=n * (matmuls * heads * per_product + per_projection),
         transcendentals=n * heads * vol * vol,
         bytes_accessed=io_bytes + (n * vol * vol * 4 if masked else 0),
     )  # fmt: skip
@@ -354,12 +357,14 @@ def _tiled(qkv, qkv_bias, bias, mask, heads: int, interpret: bool | None):
     return _pallas(qkv, qkv_bias, bias, mask, heads, interpret)
 
 
-# The attention sublayer in one kernel: LayerNorm, qkv projection and window attention of token rows that
-# XLA keeps C-major. Stage 1's rows are 96 wide; XLA lays such [tokens, 96] arrays out with the tokens on
-# the 128 lanes (no padding), and any kernel that reads or writes them row-major makes it switch the whole
-# residual stream to 96 of 128 lanes, and keeps the LayerNorm's backward out of the products it fuses with.
-# So this kernel reads the rows transposed, [C, tokens] blocks (a bitcast of XLA's layout), and returns the
-# rows' gradient the same way; the normalised tokens and qkv stay in VMEM.
+# The attention half of a Swin block in one kernel: x + DropPath(proj(attention(qkv(LayerNorm(x))))) of
+# token rows that XLA keeps C-major. Stage 1's rows are 96 wide; XLA lays such [tokens, 96] arrays out with
+# the tokens on the 128 lanes (no padding), and any kernel that reads or writes them row-major makes it
+# switch the whole residual stream to 96 of 128 lanes, and keeps the LayerNorm's backward out of the
+# products it fuses with.
+# So this kernel reads the rows transposed, [C, tokens] blocks (a bitcast of XLA's layout), and returns its
+# result and the rows' gradient the same way; the normalised tokens and qkv stay in VMEM, and the attention
+# outputs go to HBM once, row-major, for the output projection's weight gradient in the backward kernel.
 LANES = 128
 
 
@@ -418,10 +423,11 @@ def _by_chunks(qkv_s, chunk: int, vol: int, body):
     jax.lax.fori_loop(0, qkv_s.shape[0] // chunk, step, 0)
 
 
-def _sublayer_forward_kernel(*refs, heads: int, scale: float, masked: bool, eps: float, chunk: int):
-    xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, bias_ref, *rest = refs
+def _sublayer_forward_kernel(*refs, heads: int, scale: float, masked: bool, dropped: bool, eps: float, chunk: int):
+    xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, proj_ref, proj_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
-    o_ref, qkv_s = rest
+    keep_ref = rest.pop(0) if dropped else None
+    outt_ref, o_ref, qkv_s = rest
     vol = bias_ref.shape[-1]
     qkv_s[...] = _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol, eps)[0]
 
@@ -431,20 +437,39 @@ def _sublayer_forward_kernel(*refs, heads: int, scale: float, masked: bool, eps:
         o_ref[rows, :] = out.reshape(-1, out.shape[-1]).astype(o_ref.dtype)
 
     _by_chunks(qkv_s, chunk, vol, body)
+    # The output projection, stochastic depth and the residual, C-major as the rows came.
+    o = o_ref[...]
+    y = jnp.dot(o, proj_ref[...], preferred_element_type=accumulator(o.dtype)).astype(o.dtype)
+    yt = (y + proj_bias_ref[...].astype(o.dtype)).T
+    if keep_ref is not None:
+        yt = (yt.astype(accumulator(o.dtype)) * keep_ref[...]).astype(o.dtype)
+    outt_ref[...] = (xt_ref[...] + yt).astype(outt_ref.dtype)
 
 
-def _sublayer_backward_kernel(*refs, heads: int, scale: float, masked: bool, eps: float, chunk: int):
-    xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, bias_ref, *rest = refs
+def _sublayer_backward_kernel(*refs, heads: int, scale: float, masked: bool, dropped: bool, eps: float, chunk: int):
+    xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, proj_ref, proj_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
-    do_ref, dxt_ref, dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dbias_ref, qkv_s, dqkv_s = rest
-    zero_on_first_step(dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dbias_ref)
+    keep_ref = rest.pop(0) if dropped else None
+    o_ref, doutt_ref, dxt_ref, dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dproj_ref, dproj_bias_ref, *rest = rest
+    dbias_ref, qkv_s, dy_s, dqkv_s = rest
+    zero_on_first_step(dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dproj_ref, dproj_bias_ref, dbias_ref)
     vol = bias_ref.shape[-1]
     qkv, xn, xhat, rstd = _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol, eps)
+    acc = accumulator(xn.dtype)
     qkv_s[...] = qkv
+    doutt = doutt_ref[...]  # [C, tokens]
+    dyt = doutt if keep_ref is None else (doutt.astype(acc) * keep_ref[...]).astype(doutt.dtype)
+    dy_s[...] = dyt.T  # The output projection's backward, on rows [tokens, C].
+    dy = dy_s[...]
+    dproj_ref[...] += jax.lax.dot_general(o_ref[...], dy, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+    dproj_bias_ref[...] += dy.astype(acc).sum(axis=0, keepdims=True)
 
     def body(windows, rows):
         mask = None if mask_ref is None else mask_ref[windows]
-        do = _windows(do_ref[rows, :], vol)
+        # The attention outputs' gradient, a run of windows at a time (the whole block's would not fit VMEM
+        # beside the rest at stage 2).
+        do = jax.lax.dot_general(dy_s[rows, :], proj_ref[...], (((1,), (1,)), ((), ())), preferred_element_type=acc)
+        do = _windows(do.astype(dy_s.dtype), vol)
         part = _attend_backward(qkv_s[windows], do, bias_ref, mask, heads, scale, dbias_ref)
         dqkv_bias_ref[...] += part.astype(jnp.float32).sum(axis=(0, 1))[None]
         # Rounded as XLA rounds the gradient of the product it then multiplies.
@@ -452,13 +477,13 @@ def _sublayer_backward_kernel(*refs, heads: int, scale: float, masked: bool, eps
 
     _by_chunks(qkv_s, chunk, vol, body)
     dqkv = dqkv_s[...]
-    acc = accumulator(xn.dtype)
     dw_ref[...] += jax.lax.dot_general(xn, dqkv, (((1,), (0,)), ((), ())), preferred_element_type=acc)
     dxn = jax.lax.dot_general(w_ref[...], dqkv, (((1,), (1,)), ((), ())), preferred_element_type=acc)
     dxn = dxn.astype(xn.dtype).astype(acc)  # [C, tokens]
     dscale_ref[...] += (dxn * xhat).sum(axis=1, keepdims=True)
     dshift_ref[...] += dxn.sum(axis=1, keepdims=True)
-    dxt_ref[...] = layer_norm_backward(dxn, xhat, rstd, scale_ref).astype(dxt_ref.dtype)
+    dx = layer_norm_backward(dxn, xhat, rstd, scale_ref).astype(doutt.dtype)
+    dxt_ref[...] = (doutt + dx).astype(dxt_ref.dtype)  # The residual's gradient and the branch's.
 
 
 def _chunk(shape) -> int:
@@ -475,18 +500,29 @@ def resident(shape) -> pl.BlockSpec:
 
 def _sublayer_specs(c, c3, heads, vol, wb, period, masked):
     """Inputs of both sublayer kernels: grid step i's [C, wb * V] block of C-major tokens, the LayerNorm's
-    scale and shift [C, 1], the qkv projection [C, 3C] and its bias, the relative bias, the block's masks."""
+    scale and shift [C, 1], the qkv projection [C, 3C] and its bias, the output projection [C, C] and its
+    bias, the relative bias, the block's masks."""
     specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), resident((c, 1)), resident((c, 1))]
-    specs += [resident((c, c3)), resident((1, c3)), resident((heads, vol, vol))]
+    specs += [resident((c, c3)), resident((1, c3)), resident((c, c)), resident((1, c)), resident((heads, vol, vol))]
     if masked:
         specs.append(pl.BlockSpec((wb, vol, vol), lambda i: (i % period, 0, 0)))
     return specs
 
 
-def _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret, do=None):
-    """The forward kernel, or with `do` the backward one, on C-major tokens `xt` [C, n * V]."""
+def _sublayer_call(
+    xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask, heads, eps, interpret, residuals=None
+):
+    """The forward kernel (-> xt + keep * the sublayer's output, C-major, and the attention outputs [n * V, C]
+    the backward kernel needs), or with `residuals` = (those attention outputs, d out) the backward one, on
+    C-major tokens `xt` [C, n * V]."""
     c, tokens = xt.shape
-    c3, vol, masked, itemsize = w.shape[-1], bias.shape[-1], mask is not None, xt.dtype.itemsize
+    c3, vol, masked, dropped, itemsize = (
+        w.shape[-1],
+        bias.shape[-1],
+        mask is not None,
+        keep is not None,
+        xt.dtype.itemsize,
+    )
     n, nw = tokens // vol, mask.shape[0] if masked else 1
     wb = block_rows_windows(n, nw, vol)
     if masked and wb > nw:  # A block spans several runs of the masks: give it its own run of wb.
@@ -494,32 +530,39 @@ def _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, e
     period = max(1, (mask.shape[0] if masked else 1) // wb)
     acc = accumulator(xt.dtype)
     args = (xt, norm_scale.reshape(c, 1).astype(acc), norm_shift.reshape(c, 1).astype(acc), w)
-    args += (qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ())
+    args += (qkv_bias.reshape(1, c3), proj, proj_bias.reshape(1, c), bias) + ((mask,) if masked else ())
+    columns = pl.BlockSpec((c, wb * vol), lambda i: (0, i))  # Of the tokens [C, N], outputs and gradients.
+    rows_spec = pl.BlockSpec((wb * vol, c), lambda i: (i, 0))  # Of the attention outputs [N, C].
+    specs = _sublayer_specs(c, c3, heads, vol, wb, period, masked)
+    if dropped:
+        args += (keep.reshape(1, tokens).astype(acc),)
+        specs.append(pl.BlockSpec((1, wb * vol), lambda i: (0, i)))
     chunk = _chunk((wb, vol, c3))
-    kernel_args = dict(heads=heads, scale=(c // heads) ** -0.5, masked=masked, eps=eps, chunk=chunk)
+    kernel_args = dict(heads=heads, scale=(c // heads) ** -0.5, masked=masked, dropped=dropped, eps=eps, chunk=chunk)
     scratch = [pltpu.VMEM((wb, vol, c3), xt.dtype)]  # qkv (and in the backward pass its gradient, as rows).
-    weights_bytes = w.size * itemsize + bias.size * bias.dtype.itemsize
-    rows_spec = pl.BlockSpec((wb * vol, c), lambda i: (i, 0))  # Of the outputs [N, C] and their gradient.
-    if do is None:
-        kernel, out_specs = functools.partial(_sublayer_forward_kernel, **kernel_args), rows_spec
-        out_shape, semantics = jax.ShapeDtypeStruct((tokens, c), xt.dtype), "parallel"
-        cost = _cost(n, vol, c3, heads, 2, 2 * tokens * c * itemsize + weights_bytes, masked, projections=1)
+    weights_bytes = (w.size + proj.size) * itemsize + bias.size * bias.dtype.itemsize
+    if residuals is None:
+        kernel = functools.partial(_sublayer_forward_kernel, **kernel_args)
+        out_specs, semantics = [columns, rows_spec], "parallel"
+        out_shape = [jax.ShapeDtypeStruct((c, tokens), xt.dtype), jax.ShapeDtypeStruct((tokens, c), xt.dtype)]
+        cost = _cost(n, vol, c3, heads, 2, 3 * tokens * c * itemsize + weights_bytes, masked, projections=(1, 1))
     else:
-        args += (do,)
+        args += residuals
+        specs += [rows_spec, columns]
         kernel = functools.partial(_sublayer_backward_kernel, **kernel_args)
-        # The gradients of the first six inputs, in their blocks: the tokens' in the tokens' dtype, the
+        # The gradients of the first eight inputs, in their blocks: the tokens' in the tokens' dtype, the
         # weights' and biases' summed in float32 (float64 for float64 tokens).
         out_specs = _sublayer_specs(c, c3, heads, vol, wb, period, masked=False)
-        dtypes = (xt.dtype, acc, acc, acc, jnp.float32, jnp.float32)
-        out_shape = [jax.ShapeDtypeStruct(a.shape, d) for a, d in zip(args[:6], dtypes, strict=True)]
+        dtypes = (xt.dtype, acc, acc, acc, jnp.float32, acc, acc, jnp.float32)
+        out_shape = [jax.ShapeDtypeStruct(a.shape, d) for a, d in zip(args[:8], dtypes, strict=True)]
         semantics = "arbitrary"  # The weight and bias gradients are summed over the grid.
-        scratch.append(pltpu.VMEM((wb * vol, c3), xt.dtype))
-        io = 3 * tokens * c * itemsize + weights_bytes + w.size * acc.itemsize + bias.size * 4
-        cost = _cost(n, vol, c3, heads, 5, io, masked, projections=3)
+        scratch += [pltpu.VMEM((wb * vol, c), xt.dtype), pltpu.VMEM((wb * vol, c3), xt.dtype)]
+        io = 4 * tokens * c * itemsize + weights_bytes + (w.size + proj.size) * acc.itemsize + bias.size * 4
+        cost = _cost(n, vol, c3, heads, 5, io, masked, projections=(3, 2))
     call = lambda interpret: pl.pallas_call(  # noqa: E731
         kernel,
         grid=(n // wb,),
-        in_specs=_sublayer_specs(c, c3, heads, vol, wb, period, masked) + ([] if do is None else [rows_spec]),
+        in_specs=specs,
         out_specs=out_specs,
         out_shape=out_shape,
         scratch_shapes=scratch,
@@ -530,25 +573,28 @@ def _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, e
     return on_platform(call, interpret)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _sublayer(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret):
-    return _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11, 12))
+def _sublayer(xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask, heads, eps, interpret):
+    inputs = (xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask)
+    return _sublayer_call(*inputs, heads, eps, interpret)[0]
 
 
-def _sublayer_fwd(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret):
-    out = _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret)
-    return out, (xt, norm_scale, norm_shift, w, qkv_bias, bias, mask)
+def _sublayer_fwd(xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask, heads, eps, interpret):
+    inputs = (xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask)
+    out, attended = _sublayer_call(*inputs, heads, eps, interpret)
+    return out, (inputs, attended)
 
 
-def _sublayer_bwd(heads, eps, interpret, residuals, do):
-    xt, norm_scale, norm_shift, w, qkv_bias, bias, mask = residuals
-    grads = _sublayer_call(xt, norm_scale, norm_shift, w, qkv_bias, bias, mask, heads, eps, interpret, do)
-    dxt, dscale, dshift, dw, dqkv_bias, dbias = grads
+def _sublayer_bwd(heads, eps, interpret, residuals, dout):
+    inputs, attended = residuals
+    xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask = inputs
+    grads = _sublayer_call(*inputs, heads, eps, interpret, (attended, dout))
+    dxt, dscale, dshift, dw, dqkv_bias, dproj, dproj_bias, dbias = grads
     like = lambda g, x: g.reshape(x.shape).astype(x.dtype)  # noqa: E731
-    mask_grad = None if mask is None else jnp.zeros_like(mask)
+    zeros = lambda x: None if x is None else jnp.zeros_like(x)  # noqa: E731  Random draws and masks.
     return (
-        dxt, like(dscale, norm_scale), like(dshift, norm_shift), like(dw, w), like(dqkv_bias, qkv_bias),
-        like(dbias, bias), mask_grad,
+        dxt, zeros(keep), like(dscale, norm_scale), like(dshift, norm_shift), like(dw, w), like(dqkv_bias, qkv_bias),
+        like(dproj, proj), like(dproj_bias, proj_bias), like(dbias, bias), zeros(mask),
     )  # fmt: skip
 
 
@@ -562,20 +608,25 @@ def sublayer(
     eps: float,
     kernel,
     qkv_bias,
+    proj,
+    proj_bias,
     bias,
     mask,
     heads: int,
+    keep=None,
     interpret: bool | None = None,
 ) -> jax.Array:
-    """Window attention of LayerNorm(rows) (weights `norm_scale`, `norm_shift`, epsilon `eps`) through the
-    qkv projection (`kernel` [C, 3C], `qkv_bias`), as one Pallas kernel per device: token rows [N, C] in,
-    attention outputs [N, C] (before the output projection) out. The rows go to the kernel C-major."""
+    """rows + keep * the attention sublayer of token rows [N, C] as one Pallas kernel per device (each on its
+    share of the rows under a mesh that shards the batch): LayerNorm (weights `norm_scale`, `norm_shift`,
+    epsilon `eps`), the qkv projection (`kernel` [C, 3C], `qkv_bias`), window attention (relative `bias`,
+    shift `mask`), the output projection (`proj` [C, C], `proj_bias`); `keep`: each row's stochastic-depth
+    scale [N] (0 or 1 / keep probability) or None. The rows go to the kernel C-major and come back so."""
     mask = None if mask is None else jnp.asarray(mask, jnp.float32)
 
-    def fn(rows, norm_scale, norm_shift, kernel, qkv_bias, bias, mask):
-        return _sublayer(rows.T, norm_scale, norm_shift, kernel, qkv_bias, bias, mask, heads, eps, interpret)
+    def fn(rows, keep, *weights):
+        return _sublayer(rows.T, keep, *weights, heads, eps, interpret).T
 
-    return per_device(fn, rows, norm_scale, norm_shift, kernel, qkv_bias, bias, mask)
+    return per_device(fn, rows, keep, norm_scale, norm_shift, kernel, qkv_bias, proj, proj_bias, bias, mask, split=2)
 
 
 def cudnn(qkv: jax.Array, bias: jax.Array, mask, heads: int, implementation: str | None = "cudnn") -> jax.Array:

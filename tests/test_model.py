@@ -255,7 +255,7 @@ def test_window_attention_implementations_match_the_reference_path(size):
     """The whole backbone with the Pallas kernel (in Pallas's interpreter here) against the reference, in
     float64 (in float32 the deep chain amplifies rounding to ~1e-3 in grads). 32 x 32 frames pad stage 1's
     map to whole windows (the kernel then attends normalised rows); 56 x 56 frames need no padding, and the
-    LayerNorm, qkv projection and attention run as one kernel (the LayerNorms' gradients included). At
+    LayerNorm, projections, attention and residual run as one kernel (the LayerNorms' gradients included). At
     both sizes each block's second LayerNorm, MLP and residual run as one kernel too (`fused_mlp`), on
     C-major rows in stages 1-3 and row-major ones in stage 4 (128 wide)."""
     from avcanet_jax.layers import Precision

@@ -221,7 +221,8 @@ def test_blocks_of_token_rows_span_whole_tiles():
 
 
 def _sublayer_inputs(batch: int, masked: bool, dtype=jnp.float32):
-    """Token rows [windows * V, C] (for `_inputs`' windows), LayerNorm weights, qkv projection [C, 3C]."""
+    """Token rows [windows * V, C] (for `_inputs`' windows), LayerNorm weights, qkv projection [C, 3C] and
+    bias, output projection [C, C] and bias, relative bias; the shift mask."""
     _, bias, mask = _inputs(batch, masked, dtype)
     rng = np.random.default_rng(3)
     c = HEADS * HEAD_DIM
@@ -229,38 +230,47 @@ def _sublayer_inputs(batch: int, masked: bool, dtype=jnp.float32):
     scale = jnp.asarray(rng.standard_normal(c) * 0.3 + 1, jnp.float32)
     shift = jnp.asarray(rng.standard_normal(c) * 0.1, jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((c, 3 * c)) * c**-0.5, dtype)
-    return (rows, scale, shift, kernel, QKV_BIAS, bias), mask
+    proj = jnp.asarray(rng.standard_normal((c, c)) * c**-0.5, dtype)
+    proj_bias = jnp.asarray(rng.standard_normal(c) * 0.1, dtype)
+    return (rows, scale, shift, kernel, QKV_BIAS.astype(dtype), proj, proj_bias, bias), mask
 
 
-def _sublayer_loss(fused: bool, mask):
-    """A loss of (rows, LayerNorm scale and shift, qkv kernel and bias, relative bias): fused, or flax's
-    LayerNorm, XLA's product and the reference attention."""
+def _sublayer_loss(fused: bool, mask, keep=None):
+    """A loss of (rows, LayerNorm scale and shift, qkv kernel and bias, output projection and bias, relative
+    bias) through rows + keep * the attention sublayer: fused, or flax's LayerNorm, XLA's products and the
+    reference attention."""
     weights = jnp.cos(jnp.arange(HEADS * HEAD_DIM, dtype=jnp.float32))
 
-    def loss(rows, scale, shift, kernel, qkv_bias, bias):
+    def loss(rows, scale, shift, kernel, qkv_bias, proj, proj_bias, bias):
         if fused:
-            out = wa.sublayer(rows, scale, shift, 1e-5, kernel, qkv_bias, bias, mask, HEADS)
+            out = wa.sublayer(rows, scale, shift, 1e-5, kernel, qkv_bias, proj, proj_bias, bias, mask, HEADS, keep)
         else:
             norm = nnx.LayerNorm(rows.shape[-1], epsilon=1e-5, dtype=rows.dtype, rngs=nnx.Rngs(0))
             norm.scale[...], norm.bias[...] = scale, shift
-            out = wa.attention(norm(rows) @ kernel, bias, mask, HEADS, "xla", qkv_bias=qkv_bias)
+            y = wa.attention(norm(rows) @ kernel, bias, mask, HEADS, "xla", qkv_bias=qkv_bias) @ proj + proj_bias
+            out = rows + (y if keep is None else y * keep[:, None].astype(y.dtype))
         return (out.astype(jnp.float32) * weights).sum()
 
     return loss
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_the_fused_sublayer_equals_layer_norm_projection_and_attention(masked, monkeypatch):
-    """LayerNorm, qkv projection and attention in one kernel on C-major rows: the same forward and
-    gradients (rows, both LayerNorm weights, projection weights and bias, relative bias) as flax's
-    LayerNorm, XLA's product and the reference. 32 windows of 72 tokens make two grid steps of 16 (whole
-    128-lane rows of tokens), each spanning two runs of the 8 masks; a small score budget makes each step
-    attend 4 windows at a time."""
+ARGNUMS = tuple(range(8))
+# 4 examples of 8 windows of 72 tokens; the third dropped, the others kept with probability 0.8.
+KEEP = jnp.repeat(jnp.asarray([1.25, 1.25, 0.0, 1.25], jnp.float32), 8 * 72)
+
+
+@pytest.mark.parametrize(("masked", "keep"), [(False, None), (True, KEEP)])
+def test_the_fused_sublayer_equals_layer_norm_projections_attention_and_residual(masked, keep, monkeypatch):
+    """LayerNorm, qkv projection, attention, output projection, stochastic depth and residual in one kernel
+    on C-major rows: the same forward and gradients (rows, both LayerNorm weights, both projections'
+    weights and biases, relative bias) as flax's LayerNorm, XLA's products and the reference. 32 windows of
+    72 tokens make two grid steps of 16 (whole 128-lane rows of tokens), each spanning two runs of the 8
+    masks; a small score budget makes each step attend 4 windows at a time."""
     monkeypatch.setattr(wa, "SCORE_BYTES", 4 * 72 * 72 * 4)
     args, mask = _sublayer_inputs(4, masked)
     assert wa.block_rows_windows(32, 8, 72) == 16 and wa._chunk((16, 72, 3 * HEADS * HEAD_DIM)) == 4
-    value, grads = jax.value_and_grad(_sublayer_loss(True, mask), argnums=tuple(range(6)))(*args)
-    want_value, want = jax.value_and_grad(_sublayer_loss(False, mask), argnums=tuple(range(6)))(*args)
+    value, grads = jax.value_and_grad(_sublayer_loss(True, mask, keep), argnums=ARGNUMS)(*args)
+    want_value, want = jax.value_and_grad(_sublayer_loss(False, mask, keep), argnums=ARGNUMS)(*args)
     np.testing.assert_allclose(value, want_value, rtol=1e-5)
     for g, w in zip(grads, want, strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype
@@ -271,22 +281,22 @@ def test_the_fused_sublayer_equals_layer_norm_projection_and_attention(masked, m
 
 
 def test_the_fused_sublayer_in_bfloat16_and_under_a_sharded_mesh():
-    """bf16 within bf16 rounding of float32; under a mesh each device runs its own rows, and its share of
-    every weight's gradient is summed over devices."""
+    """bf16 within bf16 rounding of float32; under a mesh each device runs its own rows (and their
+    stochastic-depth scales), and its share of every weight's gradient is summed over devices."""
     args, mask = _sublayer_inputs(4, True, jnp.bfloat16)
     exact = [a.astype(jnp.float32) for a in args]
-    value, grads = jax.value_and_grad(_sublayer_loss(True, mask), argnums=tuple(range(6)))(*args)
-    want_value, want = jax.value_and_grad(_sublayer_loss(False, mask), argnums=tuple(range(6)))(*exact)
+    value, grads = jax.value_and_grad(_sublayer_loss(True, mask), argnums=ARGNUMS)(*args)
+    want_value, want = jax.value_and_grad(_sublayer_loss(False, mask), argnums=ARGNUMS)(*exact)
     assert grads[0].dtype == grads[3].dtype == jnp.bfloat16
     np.testing.assert_allclose(value, want_value, rtol=3e-2)
     for g, w in zip(grads, want, strict=True):
         np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=3e-2 * float(np.abs(w).max()))
 
-    want = jax.value_and_grad(_sublayer_loss(False, mask), argnums=tuple(range(6)))(*exact)
+    want = jax.value_and_grad(_sublayer_loss(False, mask, KEEP), argnums=ARGNUMS)(*exact)
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-        step = jax.jit(jax.value_and_grad(_sublayer_loss(True, mask), argnums=tuple(range(6))))
+        step = jax.jit(jax.value_and_grad(_sublayer_loss(True, mask, KEEP), argnums=ARGNUMS))
         got = step(jax.device_put(exact[0], rows), *exact[1:])
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     for g, w in zip(got[1], want[1], strict=True):
