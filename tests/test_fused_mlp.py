@@ -125,9 +125,10 @@ def test_fused_mlp_blocks_span_whole_tiles_within_the_hidden_budget(tokens, hidd
     assert fused_mlp.pays(96 if c_major else 384, tokens, hidden) == (block > 0)
 
 
-def test_swin_blocks_fuse_the_mlp_with_stochastic_depth_in_training():
+def test_swin_blocks_fuse_both_halves_with_stochastic_depth_in_training():
     """A Swin block in training (stochastic depth 0.5, so some examples' branches are dropped) with the
-    Pallas paths gives the XLA path's output and gradients from the same random draws."""
+    Pallas paths (each half of the block one kernel, residual and stochastic depth included) gives the XLA
+    path's output and gradients from the same random draws."""
     from avcanet_jax.swin3d import SwinBlock3d, SwinConfig
 
     shape = (4, 2, 8, 8, 16)
@@ -137,7 +138,7 @@ def test_swin_blocks_fuse_the_mlp_with_stochastic_depth_in_training():
         cfg = SwinConfig(window_size=(2, 4, 4), attention=impl)
         block = SwinBlock3d(16, 2, (0, 0, 0), 0.5, cfg, nnx.Rngs(0, dropout=1))
         windows = block.windows(shape)
-        assert block._fuses_mlp(rows) == (impl == "pallas")
+        assert block._fuses_mlp(rows) == block._fuses_attention(rows, windows) == (impl == "pallas")
 
         def loss(block, rows, windows=windows):
             return (block(rows, windows) * jnp.cos(rows)).sum()
