@@ -358,30 +358,36 @@ def _tiled(qkv, qkv_bias, bias, mask, heads: int, interpret: bool | None):
 
 
 # The attention half of a Swin block in one kernel: x + DropPath(proj(attention(qkv(LayerNorm(x))))) of
-# token rows that XLA keeps C-major. Stage 1's rows are 96 wide; XLA lays such [tokens, 96] arrays out with
-# the tokens on the 128 lanes (no padding), and any kernel that reads or writes them row-major makes it
-# switch the whole residual stream to 96 of 128 lanes, and keeps the LayerNorm's backward out of the
-# products it fuses with.
-# So this kernel reads the rows transposed, [C, tokens] blocks (a bitcast of XLA's layout), and returns its
-# result and the rows' gradient the same way; the normalised tokens and qkv stay in VMEM, and the attention
-# outputs go to HBM once, row-major, for the output projection's weight gradient in the backward kernel.
+# token rows. Stage 1's rows are 96 wide; XLA lays such [tokens, 96] arrays out with the tokens on the 128
+# lanes (no padding), and any kernel that reads or writes them row-major makes it switch the whole residual
+# stream to 96 of 128 lanes, and keeps the LayerNorm's backward out of the products it fuses with. So for
+# rows narrower than whole lanes this kernel reads the rows transposed, [C, tokens] blocks (a bitcast of
+# XLA's layout), and returns its result and the rows' gradient the same way; rows of whole lanes (384) it
+# reads as they are. The normalised tokens and qkv stay in VMEM, and the attention outputs go to HBM once,
+# row-major, for the output projection's weight gradient in the backward kernel.
 LANES = 128
 
 
+# The widest token rows the fused sublayer serves: measured faster than the kernel on qkv with XLA's
+# LayerNorm, projections and residual around it at 96 and 192 (stages 1-2, C-major) and 384 (stage 3,
+# row-major: 0.71 -> 0.56 million cycles per block, forward and backward), slower at 768 (stage 4, 2,048
+# tokens per chip: 0.57 -> 0.62), where recomputing the wide qkv projection costs more than the passes
+# over HBM it saves.
+SUBLAYER_MAX_WIDTH = 384
+
+
 def sublayer_pays(c: int) -> bool:
-    """Whether to attend through the fused sublayer rows C wide: where XLA keeps them C-major, i.e. where C
-    does not fill whole 128-lane rows (Swin-T's stages 1 and 2, C = 96 and 192). Rows of whole lanes
-    (384, 768) XLA keeps row-major, where the kernel's C-major blocks would cost it a transpose each way:
-    measured slower there (stages 3 and 4 of the base recipe, 3.9 -> 4.2 and 0.8 -> 1.2 million cycles)."""
-    return c % LANES != 0
+    """Whether blocks with rows C wide attend through the fused sublayer (see SUBLAYER_MAX_WIDTH)."""
+    return c <= SUBLAYER_MAX_WIDTH
 
 
-def block_rows_windows(n: int, nw: int, vol: int) -> int:
-    """Windows per grid step of the fused sublayer: the fewest whose tokens fill whole 128-lane rows of a
-    [C, tokens] block (32 windows of 196), dividing `n` and either dividing the mask period `nw` or a
-    multiple of it; all `n` windows when none does (a block may always span a whole array)."""
+def block_rows_windows(n: int, nw: int, vol: int, multiple: int = LANES) -> int:
+    """Windows per grid step of the fused sublayer: the fewest whose tokens fill whole tiles, a `multiple`
+    of tokens (C-major [C, tokens] blocks: 128 lanes, 32 windows of 196; row-major ones: a tile's rows, 16
+    in bf16), dividing `n` and either dividing the mask period `nw` or a multiple of it; all `n` windows
+    when none does (a block may always span a whole array)."""
     for wb in range(1, n + 1):
-        if n % wb == 0 and (wb * vol) % LANES == 0 and (nw % wb == 0 or wb % nw == 0):
+        if n % wb == 0 and (wb * vol) % multiple == 0 and (nw % wb == 0 or wb % nw == 0):
             return wb
     return n
 
@@ -403,11 +409,13 @@ def layer_norm_backward(dxn, xhat, rstd, scale_ref, axis: int = 0):
     return rstd * (g - g.mean(axis=axis, keepdims=True) - xhat * (g * xhat).mean(axis=axis, keepdims=True))
 
 
-def _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol: int, eps: float):
-    """(qkv + bias [windows, V, 3C], normalised [C, tokens], x_hat, 1 / std) of a block."""
-    xn, xhat, rstd = normalized(xt_ref, scale_ref, shift_ref, eps)
-    acc = accumulator(xn.dtype)
-    qkv = jax.lax.dot_general(xn, w_ref[...], (((0,), (0,)), ((), ())), preferred_element_type=acc).astype(xn.dtype)
+def _sublayer_qkv(x_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol: int, eps: float, c_major: bool):
+    """(qkv + bias [windows, V, 3C], normalised tokens, x_hat, 1 / std) of a block of tokens, [C, tokens]
+    (`c_major`) or [tokens, C]."""
+    xn, xhat, rstd = normalized(x_ref, scale_ref, shift_ref, eps, axis=0 if c_major else 1)
+    acc, contract = accumulator(xn.dtype), 0 if c_major else 1
+    qkv = jax.lax.dot_general(xn, w_ref[...], (((contract,), (0,)), ((), ())), preferred_element_type=acc)
+    qkv = qkv.astype(xn.dtype)
     return _windows(qkv, vol) + qkv_bias_ref[...].astype(xn.dtype)[None], xn, xhat, rstd
 
 
@@ -423,13 +431,15 @@ def _by_chunks(qkv_s, chunk: int, vol: int, body):
     jax.lax.fori_loop(0, qkv_s.shape[0] // chunk, step, 0)
 
 
-def _sublayer_forward_kernel(*refs, heads: int, scale: float, masked: bool, dropped: bool, eps: float, chunk: int):
-    xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, proj_ref, proj_bias_ref, bias_ref, *rest = refs
+def _sublayer_forward_kernel(
+    *refs, heads: int, scale: float, masked: bool, dropped: bool, eps: float, chunk: int, c_major: bool
+):
+    x_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, proj_ref, proj_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
     keep_ref = rest.pop(0) if dropped else None
-    outt_ref, o_ref, qkv_s = rest
+    out_ref, o_ref, qkv_s = rest
     vol = bias_ref.shape[-1]
-    qkv_s[...] = _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol, eps)[0]
+    qkv_s[...] = _sublayer_qkv(x_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol, eps, c_major)[0]
 
     def body(windows, rows):
         mask = None if mask_ref is None else mask_ref[windows]
@@ -437,29 +447,32 @@ def _sublayer_forward_kernel(*refs, heads: int, scale: float, masked: bool, drop
         o_ref[rows, :] = out.reshape(-1, out.shape[-1]).astype(o_ref.dtype)
 
     _by_chunks(qkv_s, chunk, vol, body)
-    # The output projection, stochastic depth and the residual, C-major as the rows came.
+    # The output projection, stochastic depth and the residual, in the layout the rows came in.
     o = o_ref[...]
     y = jnp.dot(o, proj_ref[...], preferred_element_type=accumulator(o.dtype)).astype(o.dtype)
-    yt = (y + proj_bias_ref[...].astype(o.dtype)).T
+    y = y + proj_bias_ref[...].astype(o.dtype)
+    y = y.T if c_major else y
     if keep_ref is not None:
-        yt = (yt.astype(accumulator(o.dtype)) * keep_ref[...]).astype(o.dtype)
-    outt_ref[...] = (xt_ref[...] + yt).astype(outt_ref.dtype)
+        y = (y.astype(accumulator(o.dtype)) * keep_ref[...]).astype(o.dtype)
+    out_ref[...] = (x_ref[...] + y).astype(out_ref.dtype)
 
 
-def _sublayer_backward_kernel(*refs, heads: int, scale: float, masked: bool, dropped: bool, eps: float, chunk: int):
-    xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, proj_ref, proj_bias_ref, bias_ref, *rest = refs
+def _sublayer_backward_kernel(
+    *refs, heads: int, scale: float, masked: bool, dropped: bool, eps: float, chunk: int, c_major: bool
+):
+    x_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, proj_ref, proj_bias_ref, bias_ref, *rest = refs
     mask_ref = rest.pop(0) if masked else None
     keep_ref = rest.pop(0) if dropped else None
-    o_ref, doutt_ref, dxt_ref, dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dproj_ref, dproj_bias_ref, *rest = rest
+    o_ref, dout_ref, dx_ref, dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dproj_ref, dproj_bias_ref, *rest = rest
     dbias_ref, qkv_s, dy_s, dqkv_s = rest
     zero_on_first_step(dscale_ref, dshift_ref, dw_ref, dqkv_bias_ref, dproj_ref, dproj_bias_ref, dbias_ref)
     vol = bias_ref.shape[-1]
-    qkv, xn, xhat, rstd = _sublayer_qkv(xt_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol, eps)
-    acc = accumulator(xn.dtype)
+    qkv, xn, xhat, rstd = _sublayer_qkv(x_ref, scale_ref, shift_ref, w_ref, qkv_bias_ref, vol, eps, c_major)
+    acc, tokens = accumulator(xn.dtype), 1 if c_major else 0
     qkv_s[...] = qkv
-    doutt = doutt_ref[...]  # [C, tokens]
-    dyt = doutt if keep_ref is None else (doutt.astype(acc) * keep_ref[...]).astype(doutt.dtype)
-    dy_s[...] = dyt.T  # The output projection's backward, on rows [tokens, C].
+    dout = dout_ref[...]  # [C, tokens] or [tokens, C].
+    dy = dout if keep_ref is None else (dout.astype(acc) * keep_ref[...]).astype(dout.dtype)
+    dy_s[...] = dy.T if c_major else dy  # The output projection's backward, on rows [tokens, C].
     dy = dy_s[...]
     dproj_ref[...] += jax.lax.dot_general(o_ref[...], dy, (((0,), (0,)), ((), ())), preferred_element_type=acc)
     dproj_bias_ref[...] += dy.astype(acc).sum(axis=0, keepdims=True)
@@ -476,14 +489,17 @@ def _sublayer_backward_kernel(*refs, heads: int, scale: float, masked: bool, dro
         dqkv_s[rows, :] = part.reshape(-1, part.shape[-1]).astype(dqkv_s.dtype)
 
     _by_chunks(qkv_s, chunk, vol, body)
-    dqkv = dqkv_s[...]
-    dw_ref[...] += jax.lax.dot_general(xn, dqkv, (((1,), (0,)), ((), ())), preferred_element_type=acc)
-    dxn = jax.lax.dot_general(w_ref[...], dqkv, (((1,), (1,)), ((), ())), preferred_element_type=acc)
-    dxn = dxn.astype(xn.dtype).astype(acc)  # [C, tokens]
-    dscale_ref[...] += (dxn * xhat).sum(axis=1, keepdims=True)
-    dshift_ref[...] += dxn.sum(axis=1, keepdims=True)
-    dx = layer_norm_backward(dxn, xhat, rstd, scale_ref).astype(doutt.dtype)
-    dxt_ref[...] = (doutt + dx).astype(dxt_ref.dtype)  # The residual's gradient and the branch's.
+    dqkv = dqkv_s[...]  # [tokens, 3C]
+    dw_ref[...] += jax.lax.dot_general(xn, dqkv, (((tokens,), (0,)), ((), ())), preferred_element_type=acc)
+    if c_major:
+        dxn = jax.lax.dot_general(w_ref[...], dqkv, (((1,), (1,)), ((), ())), preferred_element_type=acc)
+    else:
+        dxn = jax.lax.dot_general(dqkv, w_ref[...], (((1,), (1,)), ((), ())), preferred_element_type=acc)
+    dxn = dxn.astype(xn.dtype).astype(acc)
+    dscale_ref[...] += (dxn * xhat).sum(axis=tokens, keepdims=True)
+    dshift_ref[...] += dxn.sum(axis=tokens, keepdims=True)
+    dx = layer_norm_backward(dxn, xhat, rstd, scale_ref, axis=1 - tokens).astype(dout.dtype)
+    dx_ref[...] = (dout + dx).astype(dx_ref.dtype)  # The residual's gradient and the branch's.
 
 
 def _chunk(shape) -> int:
@@ -498,11 +514,19 @@ def resident(shape) -> pl.BlockSpec:
     return pl.BlockSpec(shape, lambda i: (0,) * len(shape))
 
 
-def _sublayer_specs(c, c3, heads, vol, wb, period, masked):
-    """Inputs of both sublayer kernels: grid step i's [C, wb * V] block of C-major tokens, the LayerNorm's
-    scale and shift [C, 1], the qkv projection [C, 3C] and its bias, the output projection [C, C] and its
-    bias, the relative bias, the block's masks."""
-    specs = [pl.BlockSpec((c, wb * vol), lambda i: (0, i)), resident((c, 1)), resident((c, 1))]
+def _token_blocks(width: int, block: int, c_major: bool) -> pl.BlockSpec:
+    """Grid step i's block of `block` tokens of a token-major array `width` wide, held C-major or not."""
+    if c_major:
+        return pl.BlockSpec((width, block), lambda i: (0, i))
+    return pl.BlockSpec((block, width), lambda i: (i, 0))
+
+
+def _sublayer_specs(c, c3, heads, vol, wb, period, masked, c_major):
+    """Inputs of both sublayer kernels: grid step i's block of wb * V tokens ([C, tokens] C-major or
+    [tokens, C]), the LayerNorm's scale and shift ([C, 1] or [1, C]), the qkv projection [C, 3C] and its
+    bias, the output projection [C, C] and its bias, the relative bias, the block's masks."""
+    vector = (c, 1) if c_major else (1, c)
+    specs = [_token_blocks(c, wb * vol, c_major), resident(vector), resident(vector)]
     specs += [resident((c, c3)), resident((1, c3)), resident((c, c)), resident((1, c)), resident((heads, vol, vol))]
     if masked:
         specs.append(pl.BlockSpec((wb, vol, vol), lambda i: (i % period, 0, 0)))
@@ -510,53 +534,51 @@ def _sublayer_specs(c, c3, heads, vol, wb, period, masked):
 
 
 def _sublayer_call(
-    xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask, heads, eps, interpret, residuals=None
+    x, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask, heads, eps, interpret, residuals=None
 ):
-    """The forward kernel (-> xt + keep * the sublayer's output, C-major, and the attention outputs [n * V, C]
-    the backward kernel needs), or with `residuals` = (those attention outputs, d out) the backward one, on
-    C-major tokens `xt` [C, n * V]."""
-    c, tokens = xt.shape
-    c3, vol, masked, dropped, itemsize = (
-        w.shape[-1],
-        bias.shape[-1],
-        mask is not None,
-        keep is not None,
-        xt.dtype.itemsize,
-    )
+    """The forward kernel on token rows `x` [n * V, C] (-> x + keep * the sublayer's output, [n * V, C], and
+    the attention outputs [n * V, C] the backward kernel needs), or with `residuals` = (those attention
+    outputs, d out) the backward one (-> the gradients of x and the weights). Rows narrower than whole
+    lanes go to the kernels C-major ([C, tokens] blocks, as XLA holds them), others row-major."""
+    tokens, c = x.shape
+    c3, vol, itemsize, acc = w.shape[-1], bias.shape[-1], x.dtype.itemsize, accumulator(x.dtype)
+    masked, dropped, c_major = mask is not None, keep is not None, c % LANES != 0
+    orient = (lambda a: a.T) if c_major else (lambda a: a)  # noqa: E731  Of a token-major array.
     n, nw = tokens // vol, mask.shape[0] if masked else 1
-    wb = block_rows_windows(n, nw, vol)
+    wb = block_rows_windows(n, nw, vol, LANES if c_major else tile_rows(itemsize))
     if masked and wb > nw:  # A block spans several runs of the masks: give it its own run of wb.
         mask = jnp.tile(mask, (wb // nw, 1, 1))
     period = max(1, (mask.shape[0] if masked else 1) // wb)
-    acc = accumulator(xt.dtype)
-    args = (xt, norm_scale.reshape(c, 1).astype(acc), norm_shift.reshape(c, 1).astype(acc), w)
+    vector = lambda v: orient(v.reshape(1, c)).astype(acc)  # noqa: E731  A [C] vector, over the tokens.
+    args = (orient(x), vector(norm_scale), vector(norm_shift), w)
     args += (qkv_bias.reshape(1, c3), proj, proj_bias.reshape(1, c), bias) + ((mask,) if masked else ())
-    columns = pl.BlockSpec((c, wb * vol), lambda i: (0, i))  # Of the tokens [C, N], outputs and gradients.
+    tokens_spec = _token_blocks(c, wb * vol, c_major)  # Of the tokens, the result and their gradients.
     rows_spec = pl.BlockSpec((wb * vol, c), lambda i: (i, 0))  # Of the attention outputs [N, C].
-    specs = _sublayer_specs(c, c3, heads, vol, wb, period, masked)
+    specs = _sublayer_specs(c, c3, heads, vol, wb, period, masked, c_major)
     if dropped:
-        args += (keep.reshape(1, tokens).astype(acc),)
-        specs.append(pl.BlockSpec((1, wb * vol), lambda i: (0, i)))
-    chunk = _chunk((wb, vol, c3))
-    kernel_args = dict(heads=heads, scale=(c // heads) ** -0.5, masked=masked, dropped=dropped, eps=eps, chunk=chunk)
-    scratch = [pltpu.VMEM((wb, vol, c3), xt.dtype)]  # qkv (and in the backward pass its gradient, as rows).
+        args += (orient(keep.reshape(tokens, 1).astype(acc)),)
+        specs.append(_token_blocks(1, wb * vol, c_major))
+    kernel_args = dict(heads=heads, scale=(c // heads) ** -0.5, masked=masked, dropped=dropped, eps=eps)
+    kernel_args.update(chunk=_chunk((wb, vol, c3)), c_major=c_major)
+    scratch = [pltpu.VMEM((wb, vol, c3), x.dtype)]  # qkv (and in the backward pass its gradient, as rows).
     weights_bytes = (w.size + proj.size) * itemsize + bias.size * bias.dtype.itemsize
     if residuals is None:
         kernel = functools.partial(_sublayer_forward_kernel, **kernel_args)
-        out_specs, semantics = [columns, rows_spec], "parallel"
-        out_shape = [jax.ShapeDtypeStruct((c, tokens), xt.dtype), jax.ShapeDtypeStruct((tokens, c), xt.dtype)]
+        out_specs, semantics = [tokens_spec, rows_spec], "parallel"
+        out_shape = [jax.ShapeDtypeStruct(args[0].shape, x.dtype), jax.ShapeDtypeStruct((tokens, c), x.dtype)]
         cost = _cost(n, vol, c3, heads, 2, 3 * tokens * c * itemsize + weights_bytes, masked, projections=(1, 1))
     else:
-        args += residuals
-        specs += [rows_spec, columns]
+        attended, dout = residuals
+        args += (attended, orient(dout))
+        specs += [rows_spec, tokens_spec]
         kernel = functools.partial(_sublayer_backward_kernel, **kernel_args)
         # The gradients of the first eight inputs, in their blocks: the tokens' in the tokens' dtype, the
         # weights' and biases' summed in float32 (float64 for float64 tokens).
-        out_specs = _sublayer_specs(c, c3, heads, vol, wb, period, masked=False)
-        dtypes = (xt.dtype, acc, acc, acc, jnp.float32, acc, acc, jnp.float32)
+        out_specs = _sublayer_specs(c, c3, heads, vol, wb, period, False, c_major)
+        dtypes = (x.dtype, acc, acc, acc, jnp.float32, acc, acc, jnp.float32)
         out_shape = [jax.ShapeDtypeStruct(a.shape, d) for a, d in zip(args[:8], dtypes, strict=True)]
         semantics = "arbitrary"  # The weight and bias gradients are summed over the grid.
-        scratch += [pltpu.VMEM((wb * vol, c), xt.dtype), pltpu.VMEM((wb * vol, c3), xt.dtype)]
+        scratch += [pltpu.VMEM((wb * vol, c), x.dtype), pltpu.VMEM((wb * vol, c3), x.dtype)]
         io = 4 * tokens * c * itemsize + weights_bytes + (w.size + proj.size) * acc.itemsize + bias.size * 4
         cost = _cost(n, vol, c3, heads, 5, io, masked, projections=(3, 2))
     call = lambda interpret: pl.pallas_call(  # noqa: E731
@@ -570,30 +592,31 @@ def _sublayer_call(
         cost_estimate=cost,
         interpret=interpret,
     )(*args)  # fmt: skip
-    return on_platform(call, interpret)
+    out = on_platform(call, interpret)
+    return (orient(out[0]),) + tuple(out[1:])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11, 12))
-def _sublayer(xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask, heads, eps, interpret):
-    inputs = (xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask)
+def _sublayer(x, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask, heads, eps, interpret):
+    inputs = (x, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask)
     return _sublayer_call(*inputs, heads, eps, interpret)[0]
 
 
-def _sublayer_fwd(xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask, heads, eps, interpret):
-    inputs = (xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask)
+def _sublayer_fwd(x, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask, heads, eps, interpret):
+    inputs = (x, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask)
     out, attended = _sublayer_call(*inputs, heads, eps, interpret)
     return out, (inputs, attended)
 
 
 def _sublayer_bwd(heads, eps, interpret, residuals, dout):
     inputs, attended = residuals
-    xt, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask = inputs
+    x, keep, norm_scale, norm_shift, w, qkv_bias, proj, proj_bias, bias, mask = inputs
     grads = _sublayer_call(*inputs, heads, eps, interpret, (attended, dout))
-    dxt, dscale, dshift, dw, dqkv_bias, dproj, dproj_bias, dbias = grads
+    dx, dscale, dshift, dw, dqkv_bias, dproj, dproj_bias, dbias = grads
     like = lambda g, x: g.reshape(x.shape).astype(x.dtype)  # noqa: E731
     zeros = lambda x: None if x is None else jnp.zeros_like(x)  # noqa: E731  Random draws and masks.
     return (
-        dxt, zeros(keep), like(dscale, norm_scale), like(dshift, norm_shift), like(dw, w), like(dqkv_bias, qkv_bias),
+        dx, zeros(keep), like(dscale, norm_scale), like(dshift, norm_shift), like(dw, w), like(dqkv_bias, qkv_bias),
         like(dproj, proj), like(dproj_bias, proj_bias), like(dbias, bias), zeros(mask),
     )  # fmt: skip
 
@@ -620,11 +643,12 @@ def sublayer(
     share of the rows under a mesh that shards the batch): LayerNorm (weights `norm_scale`, `norm_shift`,
     epsilon `eps`), the qkv projection (`kernel` [C, 3C], `qkv_bias`), window attention (relative `bias`,
     shift `mask`), the output projection (`proj` [C, C], `proj_bias`); `keep`: each row's stochastic-depth
-    scale [N] (0 or 1 / keep probability) or None. The rows go to the kernel C-major and come back so."""
+    scale [N] (0 or 1 / keep probability) or None. Rows narrower than whole lanes go to the kernel C-major
+    and come back so."""
     mask = None if mask is None else jnp.asarray(mask, jnp.float32)
 
     def fn(rows, keep, *weights):
-        return _sublayer(rows.T, keep, *weights, heads, eps, interpret).T
+        return _sublayer(rows, keep, *weights, heads, eps, interpret)
 
     return per_device(fn, rows, keep, norm_scale, norm_shift, kernel, qkv_bias, proj, proj_bias, bias, mask, split=2)
 

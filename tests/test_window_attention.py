@@ -280,6 +280,22 @@ def test_the_fused_sublayer_equals_layer_norm_projections_attention_and_residual
     assert rows.T.shape in {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}  # C-major: [C, tokens].
 
 
+def test_the_fused_sublayer_reads_rows_of_whole_lanes_row_major(monkeypatch):
+    """Rows that fill whole 128-lane tiles go to the kernel as they are ([tokens, C] blocks of whole windows
+    whose rows fill whole tiles: here one 72-token window a step); forced for these 24-wide rows."""
+    monkeypatch.setattr(wa, "LANES", 24)
+    args, mask = _sublayer_inputs(4, True)
+    value, grads = jax.value_and_grad(_sublayer_loss(True, mask, KEEP), argnums=ARGNUMS)(*args)
+    want_value, want = jax.value_and_grad(_sublayer_loss(False, mask, KEEP), argnums=ARGNUMS)(*args)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    for g, w in zip(grads, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
+    rows = args[0]
+    jaxpr = jax.make_jaxpr(lambda r: wa.sublayer(r, *args[1:3], 1e-5, *args[3:], mask, HEADS))(rows)
+    operands = {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}
+    assert rows.shape in operands and rows.T.shape not in operands
+
+
 def test_the_fused_sublayer_in_bfloat16_and_under_a_sharded_mesh():
     """bf16 within bf16 rounding of float32; under a mesh each device runs its own rows (and their
     stochastic-depth scales), and its share of every weight's gradient is summed over devices."""
@@ -308,4 +324,4 @@ def test_fused_sublayer_blocks_fill_whole_lanes_of_tokens():
     assert wa.block_rows_windows(n=32, nw=4, vol=196) == 32  # Stage 3: a block spans 8 runs of masks.
     assert wa.block_rows_windows(n=8, nw=1, vol=196) == 8  # Stage 4: no whole lanes; the whole array.
     assert wa.block_rows_windows(n=6, nw=3, vol=9) == 6
-    assert wa.sublayer_pays(96) and wa.sublayer_pays(192) and not wa.sublayer_pays(384)  # Swin-T's stages.
+    assert all(wa.sublayer_pays(c) for c in (96, 192, 384)) and not wa.sublayer_pays(768)  # Swin-T's stages.
