@@ -342,11 +342,14 @@ class SwinBlock3d(nnx.Module):
 
     def __call__(self, rows: jax.Array, windows: Windows) -> jax.Array:
         """Token rows [B * nW * V, C] in `windows`' order -> the same rows after the block."""
+        return self._mlp(self._attention(rows, windows), windows)
+
+    def _attention(self, rows: jax.Array, windows: Windows) -> jax.Array:
+        """The first half: rows + DropPath(W-MSA(LN(rows)))."""
         if self._fuses_attention(rows, windows):
             with jax.named_scope("attention"):  # Its LayerNorm, stochastic depth and the residual included.
                 keep = self.drop_path.row_scale(rows.shape[0], windows.batch)
-                rows = self.attn.sublayer(rows, windows, self.norm1, keep)
-            return self._mlp(rows, windows)
+                return self.attn.sublayer(rows, windows, self.norm1, keep)
         with jax.named_scope("norm"):
             y = self.norm1(rows)
             valid = windows.valid
@@ -354,9 +357,10 @@ class SwinBlock3d(nnx.Module):
                 y = jnp.where(valid[:, None], y, jnp.zeros((), y.dtype))
         with jax.named_scope("attention"):
             y = self.attn(y, windows)
-        return self._mlp(rows + self.drop_path(y, windows.batch), windows)
+        return rows + self.drop_path(y, windows.batch)
 
     def _mlp(self, rows: jax.Array, windows: Windows) -> jax.Array:
+        """The second half: rows + DropPath(MLP(LN(rows)))."""
         if self._fuses_mlp(rows):
             with jax.named_scope("mlp"):  # Its LayerNorm, stochastic depth and the residual included.
                 return self._fused_mlp(rows, windows.batch)
@@ -368,7 +372,8 @@ class SwinBlock3d(nnx.Module):
 
     def _fuses_attention(self, rows: jax.Array, windows: Windows) -> bool:
         """Whether the attention half runs as one Pallas kernel (`window_attention.sublayer`): with the
-        Pallas attention, at widths XLA keeps C-major, on maps without padding, no dropout after it."""
+        Pallas attention, rows no wider than `window_attention.SUBLAYER_MAX_WIDTH`, on maps without
+        padding, no dropout after it."""
         drop = self.attn.proj_drop
         return (
             self.attn.impl == "pallas"
