@@ -25,18 +25,16 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 
 from avcanet_jax.window_attention import (
     LANES,
     MXU,
-    VMEM_LIMIT,
     accumulator,
     layer_norm_backward,
     normalized,
-    on_platform,
     per_device,
     resident,
+    run_kernel,
     tile_rows,
     zero_on_first_step,
 )
@@ -187,17 +185,7 @@ def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret, dout=
         out_shape += [jax.ShapeDtypeStruct(a.shape, acc) for a in args[1:7]]
         io += x.size * x.dtype.itemsize + weights_bytes + (w1.size + w2.size) * acc.itemsize
         cost = _cost(c, hidden, tokens, 5, FORWARD_OPS + BACKWARD_OPS, io)
-    call = lambda interpret: pl.pallas_call(  # noqa: E731
-        kernel,
-        grid=(tokens // block,),
-        in_specs=specs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        compiler_params=pltpu.CompilerParams(dimension_semantics=(semantics,), vmem_limit_bytes=VMEM_LIMIT),
-        cost_estimate=cost,
-        interpret=interpret,
-    )(*args)  # fmt: skip
-    out = on_platform(call, interpret)
+    out = run_kernel(kernel, args, tokens // block, specs, out_specs, out_shape, semantics, cost, interpret)
     if dout is None:
         return orient(out)
     # As the inputs: the tokens' and weights' gradients from the kernel's orientation, the vectors' flat.

@@ -294,6 +294,24 @@ def on_platform(call, interpret: bool | None):
     return jax.lax.platform_dependent(tpu=lambda: call(False), default=lambda: call(True))
 
 
+def run_kernel(kernel, args, grid: int, in_specs, out_specs, out_shape, semantics: str, cost, interpret, scratch=()):
+    """`kernel` on `args` as a `pallas_call` over a 1-D grid of `grid` steps (`semantics`: "parallel", or
+    "arbitrary" where steps sum into resident blocks), with VMEM_LIMIT and its cost estimate, compiled for
+    TPUs or interpreted elsewhere (`on_platform`)."""
+    call = lambda interpret: pl.pallas_call(  # noqa: E731
+        kernel,
+        grid=(grid,),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=list(scratch),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=(semantics,), vmem_limit_bytes=VMEM_LIMIT),
+        cost_estimate=cost,
+        interpret=interpret,
+    )(*args)
+    return on_platform(call, interpret)
+
+
 def _pallas_fwd(qkv, qkv_bias, bias, mask, heads, interpret):
     return _pallas_forward(qkv, qkv_bias, bias, mask, heads, interpret), (qkv, qkv_bias, bias, mask)
 
@@ -581,18 +599,7 @@ def _sublayer_call(
         scratch += [pltpu.VMEM((wb * vol, c), x.dtype), pltpu.VMEM((wb * vol, c3), x.dtype)]
         io = 4 * tokens * c * itemsize + weights_bytes + (w.size + proj.size) * acc.itemsize + bias.size * 4
         cost = _cost(n, vol, c3, heads, 5, io, masked, projections=(3, 2))
-    call = lambda interpret: pl.pallas_call(  # noqa: E731
-        kernel,
-        grid=(n // wb,),
-        in_specs=specs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        scratch_shapes=scratch,
-        compiler_params=pltpu.CompilerParams(dimension_semantics=(semantics,), vmem_limit_bytes=VMEM_LIMIT),
-        cost_estimate=cost,
-        interpret=interpret,
-    )(*args)  # fmt: skip
-    out = on_platform(call, interpret)
+    out = run_kernel(kernel, args, n // wb, specs, out_specs, out_shape, semantics, cost, interpret, scratch)
     return (orient(out[0]),) + tuple(out[1:])
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from kernel_checks import pallas_operands
 
 from avcanet_jax import fused_mlp, window_attention
 from avcanet_jax.layers import DEFAULT_RULES
@@ -52,14 +53,6 @@ def _loss(fused: bool, keep=None):
     return loss
 
 
-def _pallas_operands(jaxpr):
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "pallas_call":
-            yield from eqn.invars
-        for sub in jax.core.jaxprs_in_params(eqn.params):
-            yield from _pallas_operands(sub)
-
-
 # Four examples of 96 rows; the second dropped, the others kept with probability 0.8.
 KEEP = jnp.repeat(jnp.asarray([1.25, 0.0, 1.25, 1.25], jnp.float32), TOKENS // 4)
 
@@ -81,7 +74,7 @@ def test_the_fused_mlp_equals_layer_norm_products_gelu_and_residual(c, keep, mon
         np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
     rows = args[0]
     jaxpr = jax.make_jaxpr(lambda r: fused_mlp.residual_mlp(r, *args[1:3], 1e-5, *args[3:]))(rows)
-    operands = {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}
+    operands = {v.aval.shape for v in pallas_operands(jaxpr.jaxpr)}
     assert (rows.T.shape in operands) == c_major and (rows.shape in operands) != c_major
 
 

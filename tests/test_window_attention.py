@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from kernel_checks import pallas_operands
 
 from avcanet_jax import window_attention as wa
 from avcanet_jax.layers import DEFAULT_RULES
@@ -181,7 +182,7 @@ def test_token_rows_equal_windows_forward_and_gradients(masked):
     assert got.shape == (rows.shape[0], HEADS * HEAD_DIM)
     np.testing.assert_allclose(got, want.reshape(got.shape), atol=1e-6)
     jaxpr = jax.make_jaxpr(lambda q: wa.attention(q, bias, mask, HEADS, "pallas"))(rows)
-    assert rows.shape in {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}  # No split into windows first.
+    assert rows.shape in {v.aval.shape for v in pallas_operands(jaxpr.jaxpr)}  # No split into windows first.
 
     # Gradients on rows against the reference's on windows: d qkv, d relative bias, d qkv projection bias.
     want = jax.grad(_loss("xla", mask), argnums=(0, 1, 2))(qkv, bias, QKV_BIAS)
@@ -189,15 +190,6 @@ def test_token_rows_equal_windows_forward_and_gradients(masked):
     assert got[0].shape == rows.shape
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g.reshape(w.shape), w, atol=5e-6 * float(np.abs(w).max()))
-
-
-def _pallas_operands(jaxpr):
-    """The operands of every pallas_call in a jaxpr, nested ones included."""
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "pallas_call":
-            yield from eqn.invars
-        for sub in jax.core.jaxprs_in_params(eqn.params):
-            yield from _pallas_operands(sub)
 
 
 def test_token_rows_that_no_block_of_windows_tiles_are_split_into_windows_first():
@@ -277,7 +269,7 @@ def test_the_fused_sublayer_equals_layer_norm_projections_attention_and_residual
         np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
     rows = args[0]
     jaxpr = jax.make_jaxpr(lambda r: wa.sublayer(r, *args[1:3], 1e-5, *args[3:], mask, HEADS))(rows)
-    assert rows.T.shape in {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}  # C-major: [C, tokens].
+    assert rows.T.shape in {v.aval.shape for v in pallas_operands(jaxpr.jaxpr)}  # C-major: [C, tokens].
 
 
 def test_the_fused_sublayer_reads_rows_of_whole_lanes_row_major(monkeypatch):
@@ -292,7 +284,7 @@ def test_the_fused_sublayer_reads_rows_of_whole_lanes_row_major(monkeypatch):
         np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
     rows = args[0]
     jaxpr = jax.make_jaxpr(lambda r: wa.sublayer(r, *args[1:3], 1e-5, *args[3:], mask, HEADS))(rows)
-    operands = {v.aval.shape for v in _pallas_operands(jaxpr.jaxpr)}
+    operands = {v.aval.shape for v in pallas_operands(jaxpr.jaxpr)}
     assert rows.shape in operands and rows.T.shape not in operands
 
 
