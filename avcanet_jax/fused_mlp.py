@@ -11,8 +11,9 @@ Like `window_attention.sublayer`, it reads the rows transposed, as [C, tokens] b
 holds rows narrower than 128 lanes (a bitcast, no copy), and returns its output and the rows' gradient
 the same way; every product is then [out, in] x [in, tokens] with the tokens on the lanes.
 
-GELU is exact, 0.5 h (1 + erf(h / sqrt 2)) as torch's, computed in float32 like XLA's erf-based one; its
-derivative in the backward pass reuses the same erf (Phi(h) + h phi(h)). Dropout inside the MLP is not
+GELU is exact, 0.5 h (1 + erf(h / sqrt 2)) as torch's, computed in float32 like XLA's erf-based one (or in
+its tanh form, `model.approximate_gelu`); its derivative in the backward pass reuses the same erf (Phi(h) +
+h phi(h)). Dropout inside the MLP is not
 supported (the Swin blocks fall back to XLA when it is on). Runs on CPU in Pallas's interpreter (tests)
 and compiles for TPUs.
 """
@@ -48,8 +49,10 @@ HIDDEN_BYTES = 3 * 2**20
 VECTOR_FLOPS = 32
 # Float32 vector operations per hidden element: forward, the bias, erf (XLA's rational approximation: a
 # clamp, two polynomials in h^2 and a division) and GELU; backward, the same again, the derivative and the
-# bias gradient's sum. The LayerNorm's, per row element, both ways.
-FORWARD_OPS, BACKWARD_OPS, NORM_OPS = 40, 50, 30
+# bias gradient's sum. The tanh form's tanh is one transcendental (a separate unit), so fewer. The
+# LayerNorm's, per row element, both ways.
+FORWARD_OPS, BACKWARD_OPS = {False: 40, True: 20}, {False: 50, True: 30}
+NORM_OPS = 30
 
 
 def block_tokens(tokens: int, hidden: int, c_major: bool = True, itemsize: int = 2) -> int:
@@ -67,10 +70,21 @@ def block_tokens(tokens: int, hidden: int, c_major: bool = True, itemsize: int =
     return tokens if tokens * hidden * 4 <= 4 * HIDDEN_BYTES else 0
 
 
-def _gelu_parts(h):
-    """(GELU(h), Phi(h)) in float32: Phi the standard normal CDF, 0.5 (1 + erf(h / sqrt 2)), as torch's GELU."""
+def _gelu(h, approximate: bool, derivative: bool = False):
+    """GELU(h) in float32, exact (h Phi(h), Phi the standard normal CDF 0.5 (1 + erf(h / sqrt 2)), as torch's
+    GELU) or in its tanh form (as `jax.nn.gelu(approximate=True)`); with `derivative`, (GELU(h), GELU'(h))."""
+    if approximate:
+        inner = math.sqrt(2 / math.pi) * (h + 0.044715 * h * h * h)
+        t = jnp.tanh(inner)
+        cdf = 0.5 * (1.0 + t)
+        if not derivative:
+            return h * cdf
+        slope = cdf + 0.5 * h * (1.0 - t * t) * math.sqrt(2 / math.pi) * (1.0 + 3 * 0.044715 * h * h)
+        return h * cdf, slope
     cdf = 0.5 * (1.0 + jax.lax.erf(h * (1 / math.sqrt(2))))
-    return h * cdf, cdf
+    if not derivative:
+        return h * cdf
+    return h * cdf, cdf + h * jnp.exp(-0.5 * h * h) * (1 / math.sqrt(2 * math.pi))
 
 
 def _apply(w_ref, x, c_major: bool):
@@ -93,17 +107,18 @@ def _weight_grad(dy, x, c_major: bool):
 
 
 def _hidden(x_ref, scale_ref, shift_ref, w1_ref, b1_ref, eps: float, c_major: bool):
-    """(normalised tokens, x_hat, 1 / std, fc1's output h and GELU's float32 parts of it) of a block."""
+    """(normalised tokens, x_hat, 1 / std, fc1's output h) of a block."""
     xn, xhat, rstd = normalized(x_ref, scale_ref, shift_ref, eps, axis=0 if c_major else 1)
     h = _apply(w1_ref, xn, c_major) + b1_ref[...].astype(xn.dtype)  # The bias added as nnx.Linear adds it.
-    return xn, xhat, rstd, h, _gelu_parts(h.astype(accumulator(h.dtype)))
+    return xn, xhat, rstd, h
 
 
-def _forward_kernel(*refs, eps: float, c_major: bool, dropped: bool):
+def _forward_kernel(*refs, eps: float, c_major: bool, dropped: bool, approximate: bool):
     x_ref, scale_ref, shift_ref, w1_ref, b1_ref, w2_ref, b2_ref, *rest = refs
     keep_ref = rest.pop(0) if dropped else None
     (out_ref,) = rest
-    h, (g, _) = _hidden(x_ref, scale_ref, shift_ref, w1_ref, b1_ref, eps, c_major)[3:]
+    h = _hidden(x_ref, scale_ref, shift_ref, w1_ref, b1_ref, eps, c_major)[3]
+    g = _gelu(h.astype(accumulator(h.dtype)), approximate)
     y = _apply(w2_ref, g.astype(h.dtype), c_major)
     y = y + b2_ref[...].astype(y.dtype)
     if keep_ref is not None:  # Stochastic depth: each row's branch scaled by 0 or 1 / keep probability.
@@ -111,20 +126,19 @@ def _forward_kernel(*refs, eps: float, c_major: bool, dropped: bool):
     out_ref[...] = (x_ref[...] + y).astype(out_ref.dtype)
 
 
-def _backward_kernel(*refs, eps: float, c_major: bool, dropped: bool):
+def _backward_kernel(*refs, eps: float, c_major: bool, dropped: bool, approximate: bool):
     """`w1_ref`, `w2_ref` as the forward pass applies them, `w1b_ref`, `w2b_ref` their transposes."""
     x_ref, scale_ref, shift_ref, w1_ref, b1_ref, w2_ref, b2_ref, *rest = refs
     keep_ref = rest.pop(0) if dropped else None
     w1b_ref, w2b_ref, dout_ref, dx_ref, dscale_ref, dshift_ref, dw1_ref, db1_ref, dw2_ref, db2_ref = rest
     zero_on_first_step(dscale_ref, dshift_ref, dw1_ref, db1_ref, dw2_ref, db2_ref)
-    xn, xhat, rstd, h, (g, cdf) = _hidden(x_ref, scale_ref, shift_ref, w1_ref, b1_ref, eps, c_major)
+    xn, xhat, rstd, h = _hidden(x_ref, scale_ref, shift_ref, w1_ref, b1_ref, eps, c_major)
     acc, tokens = accumulator(xn.dtype), 1 if c_major else 0
+    g, slope = _gelu(h.astype(acc), approximate, derivative=True)
     dout = dout_ref[...]
     dy = dout if keep_ref is None else (dout.astype(acc) * keep_ref[...]).astype(dout.dtype)
     dw2_ref[...] += _weight_grad(dy, g.astype(h.dtype), c_major)
     db2_ref[...] += dy.astype(acc).sum(axis=tokens, keepdims=True)
-    hf = h.astype(acc)
-    slope = cdf + hf * jnp.exp(-0.5 * hf * hf) * (1 / math.sqrt(2 * math.pi))  # GELU'(h).
     dh = (_apply(w2b_ref, dy, c_major).astype(acc) * slope).astype(h.dtype)
     dw1_ref[...] += _weight_grad(dh, xn, c_major)
     db1_ref[...] += dh.astype(acc).sum(axis=tokens, keepdims=True)
@@ -145,7 +159,7 @@ def _cost(c: int, hidden: int, tokens: int, products: int, vector_ops: int, io_b
     return pl.CostEstimate(flops=max(matrix, vector), transcendentals=tokens * hidden * 2, bytes_accessed=io_bytes)
 
 
-def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret, dout=None):
+def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, approximate, interpret, dout=None):
     """The forward kernel on token rows `x` [tokens, C] (-> x + keep * MLP(LayerNorm(x)), [tokens, C]), or
     with `dout` the backward one (-> the gradients of `x`, the LayerNorm weights, w1, b1, w2 and b2). Rows
     narrower than whole lanes go to the kernel C-major ([C, tokens] blocks, as XLA holds them), others
@@ -168,13 +182,13 @@ def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret, dout=
     if dropped:
         args += (orient(keep.reshape(tokens, 1).astype(acc)),)
         specs.append(blocks(1))
-    kernel_args = dict(eps=eps, c_major=c_major, dropped=dropped)
+    kernel_args = dict(eps=eps, c_major=c_major, dropped=dropped, approximate=approximate)
     weights_bytes = (w1.size + w2.size) * w1.dtype.itemsize
     io = 2 * x.size * x.dtype.itemsize + weights_bytes + (tokens * acc.itemsize if dropped else 0)
     if dout is None:
         kernel, out_specs, semantics = functools.partial(_forward_kernel, **kernel_args), rows, "parallel"
         out_shape = jax.ShapeDtypeStruct(args[0].shape, x.dtype)
-        cost = _cost(c, hidden, tokens, 2, FORWARD_OPS, io)
+        cost = _cost(c, hidden, tokens, 2, FORWARD_OPS[approximate], io)
     else:
         args += (orient(w1).T, orient(w2).T, orient(dout))
         specs += [resident(args[-3].shape), resident(args[-2].shape), rows]
@@ -184,7 +198,7 @@ def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret, dout=
         out_shape = [jax.ShapeDtypeStruct(args[0].shape, x.dtype)]
         out_shape += [jax.ShapeDtypeStruct(a.shape, acc) for a in args[1:7]]
         io += x.size * x.dtype.itemsize + weights_bytes + (w1.size + w2.size) * acc.itemsize
-        cost = _cost(c, hidden, tokens, 5, FORWARD_OPS + BACKWARD_OPS, io)
+        cost = _cost(c, hidden, tokens, 5, FORWARD_OPS[approximate] + BACKWARD_OPS[approximate], io)
     out = run_kernel(kernel, args, tokens // block, specs, out_specs, out_shape, semantics, cost, interpret)
     if dout is None:
         return orient(out)
@@ -201,19 +215,19 @@ def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret, dout=
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
-def _fused(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret):
-    return _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
+def _fused(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, approximate, interpret):
+    return _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, approximate, interpret)
 
 
-def _fused_fwd(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, interpret):
+def _fused_fwd(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, approximate, interpret):
     residuals = (x, keep, norm_scale, norm_shift, w1, b1, w2, b2)
-    return _call(*residuals, eps, interpret), residuals
+    return _call(*residuals, eps, approximate, interpret), residuals
 
 
-def _fused_bwd(eps, interpret, residuals, dout):
+def _fused_bwd(eps, approximate, interpret, residuals, dout):
     x, keep, *weights = residuals
-    dx, *grads = _call(*residuals, eps, interpret, dout)
+    dx, *grads = _call(*residuals, eps, approximate, interpret, dout)
     keep_grad = None if keep is None else jnp.zeros_like(keep)  # A random draw, not differentiated.
     return (dx, keep_grad) + tuple(g.astype(w.dtype) for g, w in zip(grads, weights, strict=True))
 
@@ -227,14 +241,25 @@ def pays(c: int, tokens: int, hidden: int) -> bool:
 
 
 def residual_mlp(
-    rows: jax.Array, norm_scale, norm_shift, eps: float, w1, b1, w2, b2, keep=None, interpret: bool | None = None
+    rows: jax.Array,
+    norm_scale,
+    norm_shift,
+    eps: float,
+    w1,
+    b1,
+    w2,
+    b2,
+    keep=None,
+    approximate_gelu: bool = False,
+    interpret: bool | None = None,
 ) -> jax.Array:
     """rows + keep * fc2(GELU(fc1(LayerNorm(rows)))) of token rows [N, C] (LayerNorm weights `norm_scale`,
     `norm_shift`, epsilon `eps`; fc1 `w1` [C, H] and `b1`, fc2 `w2` [H, C] and `b2`; `keep` each row's
-    stochastic-depth scale [N], 0 or 1 / keep probability, or None for 1) as one Pallas kernel per device,
-    each on its share of the rows under a mesh that shards the batch."""
+    stochastic-depth scale [N], 0 or 1 / keep probability, or None for 1; GELU exact or, with
+    `approximate_gelu`, its tanh form) as one Pallas kernel per device, each on its share of the rows under
+    a mesh that shards the batch."""
 
     def fn(rows, keep, *weights):
-        return _fused(rows, keep, *weights, eps, interpret)
+        return _fused(rows, keep, *weights, eps, approximate_gelu, interpret)
 
     return per_device(fn, rows, keep, norm_scale, norm_shift, w1, b1, w2, b2, split=2)

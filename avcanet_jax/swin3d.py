@@ -383,12 +383,11 @@ class SwinBlock3d(nnx.Module):
         )
 
     def _fuses_mlp(self, rows: jax.Array) -> bool:
-        """Whether the LayerNorm and MLP run as one Pallas kernel (`fused_mlp`): with the Pallas attention, at
-        widths XLA keeps C-major, with exact GELU and no dropout inside the MLP, on rows it can block."""
+        """Whether the LayerNorm and MLP run as one Pallas kernel (`fused_mlp`): with the Pallas attention, no
+        dropout inside the MLP, on rows it can block."""
         mlp, tokens = self.mlp, window_attention.per_device_count(rows.shape[0])
         return (
             self.attn.impl == "pallas"
-            and not mlp.approximate_gelu
             and (mlp.drop.rate == 0 or bool(mlp.drop.deterministic))
             and fused_mlp.pays(rows.shape[-1], tokens, mlp.fc1.out_features)
         )
@@ -401,7 +400,9 @@ class SwinBlock3d(nnx.Module):
             (rows, fc1.kernel[...], fc1.bias[...], fc2.kernel[...], fc2.bias[...]), dtype=fc1.dtype
         )
         keep = self.drop_path.row_scale(rows.shape[0], batch)
-        return fused_mlp.residual_mlp(tokens, norm.scale[...], norm.bias[...], norm.epsilon, w1, b1, w2, b2, keep)
+        return fused_mlp.residual_mlp(
+            tokens, norm.scale[...], norm.bias[...], norm.epsilon, w1, b1, w2, b2, keep, self.mlp.approximate_gelu
+        )
 
 
 class PatchMerging(nnx.Module):

@@ -33,7 +33,7 @@ def _inputs(c: int, dtype=jnp.float32):
     return rows, scale, shift, w1, b1, w2, b2
 
 
-def _loss(fused: bool, keep=None):
+def _loss(fused: bool, keep=None, approximate: bool = False):
     """A loss of (rows, LayerNorm scale and shift, fc1 and its bias, fc2 and its bias) through the residual
     MLP (`keep`: each row's stochastic-depth scale): fused, or flax's LayerNorm and XLA's products, GELU and
     residual (the Swin blocks' path)."""
@@ -42,11 +42,11 @@ def _loss(fused: bool, keep=None):
         c = rows.shape[-1]
         weights = jnp.cos(jnp.arange(c, dtype=jnp.float32))
         if fused:
-            out = fused_mlp.residual_mlp(rows, scale, shift, 1e-5, w1, b1, w2, b2, keep)
+            out = fused_mlp.residual_mlp(rows, scale, shift, 1e-5, w1, b1, w2, b2, keep, approximate)
         else:
             norm = nnx.LayerNorm(c, epsilon=1e-5, dtype=rows.dtype, rngs=nnx.Rngs(0))
             norm.scale[...], norm.bias[...] = scale, shift
-            out = jax.nn.gelu(norm(rows) @ w1 + b1, approximate=False) @ w2 + b2
+            out = jax.nn.gelu(norm(rows) @ w1 + b1, approximate=approximate) @ w2 + b2
             out = rows + (out if keep is None else out * keep[:, None].astype(out.dtype))
         return (out.astype(jnp.float32) * weights).sum()
 
@@ -57,17 +57,18 @@ def _loss(fused: bool, keep=None):
 KEEP = jnp.repeat(jnp.asarray([1.25, 0.0, 1.25, 1.25], jnp.float32), TOKENS // 4)
 
 
-@pytest.mark.parametrize(("c", "keep"), [(24, None), (24, KEEP), (128, KEEP)])
-def test_the_fused_mlp_equals_layer_norm_products_gelu_and_residual(c, keep, monkeypatch):
+@pytest.mark.parametrize(("c", "keep", "approximate"), [(24, None, False), (24, KEEP, True), (128, KEEP, False)])
+def test_the_fused_mlp_equals_layer_norm_products_gelu_and_residual(c, keep, approximate, monkeypatch):
     """Rows 24 wide go to the kernel C-major ([C, tokens] blocks), 128 wide row-major; three grid steps
-    (a small hidden budget), so the weight and bias gradients are sums over steps."""
+    (a small hidden budget), so the weight and bias gradients are sums over steps. GELU exact, or in its
+    tanh form (`model.approximate_gelu`)."""
     monkeypatch.setattr(fused_mlp, "HIDDEN_BYTES", 128 * 4 * c * 4)
     c_major = c == 24
     assert fused_mlp.block_tokens(TOKENS, 4 * c, c_major, 4) == 128
     args = _inputs(c)
     argnums = tuple(range(len(args)))
-    value, grads = jax.value_and_grad(_loss(True, keep), argnums=argnums)(*args)
-    want_value, want = jax.value_and_grad(_loss(False, keep), argnums=argnums)(*args)
+    value, grads = jax.value_and_grad(_loss(True, keep, approximate), argnums=argnums)(*args)
+    want_value, want = jax.value_and_grad(_loss(False, keep, approximate), argnums=argnums)(*args)
     np.testing.assert_allclose(value, want_value, rtol=1e-5)
     for g, w in zip(grads, want, strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype
