@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from kernel_checks import pallas_operands
+from kernel_checks import assert_same_value_and_grads, pallas_operands
 
 from avcanet_jax import fused_mlp, window_attention
 from avcanet_jax.layers import DEFAULT_RULES
@@ -67,12 +67,7 @@ def test_the_fused_mlp_equals_layer_norm_products_gelu_and_residual(c, keep, app
     assert fused_mlp.block_tokens(TOKENS, 4 * c, c_major, 4) == 128
     args = _inputs(c)
     argnums = tuple(range(len(args)))
-    value, grads = jax.value_and_grad(_loss(True, keep, approximate), argnums=argnums)(*args)
-    want_value, want = jax.value_and_grad(_loss(False, keep, approximate), argnums=argnums)(*args)
-    np.testing.assert_allclose(value, want_value, rtol=1e-5)
-    for g, w in zip(grads, want, strict=True):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
+    assert_same_value_and_grads(_loss(True, keep, approximate), _loss(False, keep, approximate), args, argnums)
     rows = args[0]
     jaxpr = jax.make_jaxpr(lambda r: fused_mlp.residual_mlp(r, *args[1:3], 1e-5, *args[3:]))(rows)
     operands = {v.aval.shape for v in pallas_operands(jaxpr.jaxpr)}

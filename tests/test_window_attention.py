@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from kernel_checks import pallas_operands
+from kernel_checks import assert_same_value_and_grads, pallas_operands
 
 from avcanet_jax import window_attention as wa
 from avcanet_jax.layers import DEFAULT_RULES
@@ -261,12 +261,7 @@ def test_the_fused_sublayer_equals_layer_norm_projections_attention_and_residual
     monkeypatch.setattr(wa, "SCORE_BYTES", 4 * 72 * 72 * 4)
     args, mask = _sublayer_inputs(4, masked)
     assert wa.block_rows_windows(32, 8, 72) == 16 and wa._chunk((16, 72, 3 * HEADS * HEAD_DIM)) == 4
-    value, grads = jax.value_and_grad(_sublayer_loss(True, mask, keep), argnums=ARGNUMS)(*args)
-    want_value, want = jax.value_and_grad(_sublayer_loss(False, mask, keep), argnums=ARGNUMS)(*args)
-    np.testing.assert_allclose(value, want_value, rtol=1e-5)
-    for g, w in zip(grads, want, strict=True):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
+    assert_same_value_and_grads(_sublayer_loss(True, mask, keep), _sublayer_loss(False, mask, keep), args, ARGNUMS)
     rows = args[0]
     jaxpr = jax.make_jaxpr(lambda r: wa.sublayer(r, *args[1:3], 1e-5, *args[3:], mask, HEADS))(rows)
     assert rows.T.shape in {v.aval.shape for v in pallas_operands(jaxpr.jaxpr)}  # C-major: [C, tokens].
@@ -277,11 +272,7 @@ def test_the_fused_sublayer_reads_rows_of_whole_lanes_row_major(monkeypatch):
     whose rows fill whole tiles: here one 72-token window a step); forced for these 24-wide rows."""
     monkeypatch.setattr(wa, "LANES", 24)
     args, mask = _sublayer_inputs(4, True)
-    value, grads = jax.value_and_grad(_sublayer_loss(True, mask, KEEP), argnums=ARGNUMS)(*args)
-    want_value, want = jax.value_and_grad(_sublayer_loss(False, mask, KEEP), argnums=ARGNUMS)(*args)
-    np.testing.assert_allclose(value, want_value, rtol=1e-5)
-    for g, w in zip(grads, want, strict=True):
-        np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
+    assert_same_value_and_grads(_sublayer_loss(True, mask, KEEP), _sublayer_loss(False, mask, KEEP), args, ARGNUMS)
     rows = args[0]
     jaxpr = jax.make_jaxpr(lambda r: wa.sublayer(r, *args[1:3], 1e-5, *args[3:], mask, HEADS))(rows)
     operands = {v.aval.shape for v in pallas_operands(jaxpr.jaxpr)}
