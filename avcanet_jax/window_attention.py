@@ -270,19 +270,11 @@ def _pallas_forward(qkv, qkv_bias, bias, mask, heads, interpret):
     masked, itemsize = mask is not None, qkv.dtype.itemsize
     out_shape = (n * vol, c3 // 3) if flat else (n, vol, c3 // 3)
     args = (qkv, qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ())
-    call = lambda interpret: pl.pallas_call(  # noqa: E731
-        functools.partial(_forward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
-        grid=(n // wb,),
-        in_specs=_specs(vol, c3, heads, nw, wb, masked, flat),
-        out_specs=_rows_spec(wb, vol, c3 // 3, flat),
-        out_shape=jax.ShapeDtypeStruct(out_shape, qkv.dtype),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",), vmem_limit_bytes=VMEM_LIMIT),
-        cost_estimate=_cost(
-            n, vol, c3, heads, 2, n * vol * (c3 + c3 // 3) * itemsize + bias.size * bias.dtype.itemsize, masked,
-        ),
-        interpret=interpret,
-    )(*args)  # fmt: skip
-    return on_platform(call, interpret)
+    kernel = functools.partial(_forward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked)
+    cost = _cost(n, vol, c3, heads, 2, n * vol * (c3 + c3 // 3) * itemsize + bias.size * bias.dtype.itemsize, masked)
+    specs, out_spec = _specs(vol, c3, heads, nw, wb, masked, flat), _rows_spec(wb, vol, c3 // 3, flat)
+    out = jax.ShapeDtypeStruct(out_shape, qkv.dtype)
+    return run_kernel(kernel, args, n // wb, specs, out_spec, out, "parallel", cost, interpret)
 
 
 def on_platform(call, interpret: bool | None):
@@ -321,29 +313,19 @@ def _pallas_bwd(heads, interpret, residuals, do):
     n, vol, c3, nw, wb, flat = _blocks(qkv, bias, mask)
     masked, itemsize = mask is not None, qkv.dtype.itemsize
     args = (qkv, qkv_bias.reshape(1, c3), bias) + ((mask,) if masked else ()) + (do,)
-    call = lambda interpret: pl.pallas_call(  # noqa: E731
-        functools.partial(_backward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked),
-        grid=(n // wb,),
-        in_specs=_specs(vol, c3, heads, nw, wb, masked, flat) + [_rows_spec(wb, vol, c3 // 3, flat)],
-        out_specs=[
-            _rows_spec(wb, vol, c3, flat),
-            pl.BlockSpec((1, c3), lambda i: (0, 0)),
-            pl.BlockSpec((heads, vol, vol), lambda i: (0, 0, 0)),
-        ],
-        out_shape=[
-            jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
-            jax.ShapeDtypeStruct((1, c3), jnp.float32),
-            jax.ShapeDtypeStruct((heads, vol, vol), jnp.float32),
-        ],
-        # The bias gradients are summed over the grid in resident blocks, so the steps run in order.
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",), vmem_limit_bytes=VMEM_LIMIT),
-        cost_estimate=_cost(
-            n, vol, c3, heads, 5, n * vol * (2 * c3 + c3 // 3) * itemsize + bias.size * (bias.dtype.itemsize + 4),
-            masked,
-        ),
-        interpret=interpret,
-    )(*args)  # fmt: skip
-    dqkv, dqkv_bias, dbias = on_platform(call, interpret)
+    kernel = functools.partial(_backward_kernel, heads=heads, scale=(c3 // 3 // heads) ** -0.5, masked=masked)
+    out_specs = [_rows_spec(wb, vol, c3, flat), resident((1, c3)), resident((heads, vol, vol))]
+    out_shape = [
+        jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
+        jax.ShapeDtypeStruct((1, c3), jnp.float32),
+        jax.ShapeDtypeStruct((heads, vol, vol), jnp.float32),
+    ]
+    io = n * vol * (2 * c3 + c3 // 3) * itemsize + bias.size * (bias.dtype.itemsize + 4)
+    cost = _cost(n, vol, c3, heads, 5, io, masked)
+    specs = _specs(vol, c3, heads, nw, wb, masked, flat) + [_rows_spec(wb, vol, c3 // 3, flat)]
+    # The bias gradients are summed over the grid in resident blocks, so the steps run in order.
+    grads = run_kernel(kernel, args, n // wb, specs, out_specs, out_shape, "arbitrary", cost, interpret)
+    dqkv, dqkv_bias, dbias = grads
     mask_grad = None if mask is None else jnp.zeros_like(mask)
     return dqkv, dqkv_bias.reshape(c3).astype(qkv_bias.dtype), dbias.astype(bias.dtype), mask_grad
 
