@@ -37,6 +37,7 @@ from avcanet_jax.window_attention import (
     resident,
     run_kernel,
     tile_rows,
+    token_blocks,
     zero_on_first_step,
 )
 
@@ -172,16 +173,11 @@ def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, approximate, int
     args = (orient(x), vector(norm_scale).astype(acc), vector(norm_shift).astype(acc), orient(w1), vector(b1))
     args += (orient(w2), vector(b2))
 
-    def blocks(width: int) -> pl.BlockSpec:  # Grid step i's block of a token-major array `width` wide.
-        if c_major:
-            return pl.BlockSpec((width, block), lambda i: (0, i))
-        return pl.BlockSpec((block, width), lambda i: (i, 0))
-
-    rows = blocks(c)
+    rows = token_blocks(c, block, c_major)
     specs = [rows] + [resident(a.shape) for a in args[1:]]
     if dropped:
         args += (orient(keep.reshape(tokens, 1).astype(acc)),)
-        specs.append(blocks(1))
+        specs.append(token_blocks(1, block, c_major))
     kernel_args = dict(eps=eps, c_major=c_major, dropped=dropped, approximate=approximate)
     weights_bytes = (w1.size + w2.size) * w1.dtype.itemsize
     io = 2 * x.size * x.dtype.itemsize + weights_bytes + (tokens * acc.itemsize if dropped else 0)

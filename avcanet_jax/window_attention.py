@@ -514,7 +514,7 @@ def resident(shape) -> pl.BlockSpec:
     return pl.BlockSpec(shape, lambda i: (0,) * len(shape))
 
 
-def _token_blocks(width: int, block: int, c_major: bool) -> pl.BlockSpec:
+def token_blocks(width: int, block: int, c_major: bool) -> pl.BlockSpec:
     """Grid step i's block of `block` tokens of a token-major array `width` wide, held C-major or not."""
     if c_major:
         return pl.BlockSpec((width, block), lambda i: (0, i))
@@ -526,7 +526,7 @@ def _sublayer_specs(c, c3, heads, vol, wb, period, masked, c_major):
     [tokens, C]), the LayerNorm's scale and shift ([C, 1] or [1, C]), the qkv projection [C, 3C] and its
     bias, the output projection [C, C] and its bias, the relative bias, the block's masks."""
     vector = (c, 1) if c_major else (1, c)
-    specs = [_token_blocks(c, wb * vol, c_major), resident(vector), resident(vector)]
+    specs = [token_blocks(c, wb * vol, c_major), resident(vector), resident(vector)]
     specs += [resident((c, c3)), resident((1, c3)), resident((c, c)), resident((1, c)), resident((heads, vol, vol))]
     if masked:
         specs.append(pl.BlockSpec((wb, vol, vol), lambda i: (i % period, 0, 0)))
@@ -552,12 +552,12 @@ def _sublayer_call(
     vector = lambda v: orient(v.reshape(1, c)).astype(acc)  # noqa: E731  A [C] vector, over the tokens.
     args = (orient(x), vector(norm_scale), vector(norm_shift), w)
     args += (qkv_bias.reshape(1, c3), proj, proj_bias.reshape(1, c), bias) + ((mask,) if masked else ())
-    tokens_spec = _token_blocks(c, wb * vol, c_major)  # Of the tokens, the result and their gradients.
+    tokens_spec = token_blocks(c, wb * vol, c_major)  # Of the tokens, the result and their gradients.
     rows_spec = pl.BlockSpec((wb * vol, c), lambda i: (i, 0))  # Of the attention outputs [N, C].
     specs = _sublayer_specs(c, c3, heads, vol, wb, period, masked, c_major)
     if dropped:
         args += (orient(keep.reshape(tokens, 1).astype(acc)),)
-        specs.append(_token_blocks(1, wb * vol, c_major))
+        specs.append(token_blocks(1, wb * vol, c_major))
     kernel_args = dict(heads=heads, scale=(c // heads) ** -0.5, masked=masked, dropped=dropped, eps=eps)
     kernel_args.update(chunk=_chunk((wb, vol, c3)), c_major=c_major)
     scratch = [pltpu.VMEM((wb, vol, c3), x.dtype)]  # qkv (and in the backward pass its gradient, as rows).
