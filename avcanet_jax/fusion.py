@@ -192,7 +192,10 @@ class PyramidLevel(nnx.Module):
     def __call__(self, v: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
         mask = band_mask(v.shape[1], self.reach)
         v_sa, a_sa = self.v_self(v, v, v, mask), self.a_self(a, a, a, mask)
-        v_ca, a_ca = self.cross(v, a, a, mask), self.cross(a, v, v, mask)
+        # Both directions of the shared cross-attention as one batch: half the (tiny) ops, where each op's
+        # fixed cost outweighs its [B, S, D] work (TPU v5e estimate: local fusion 3.18 -> 2.73 M cycles).
+        queries, keys = jnp.concatenate([v, a]), jnp.concatenate([a, v])
+        v_ca, a_ca = jnp.split(self.cross(queries, keys, keys, mask), 2)
         v_cat, a_cat = jnp.concatenate([v_sa, v_ca], -1), jnp.concatenate([a_sa, a_ca], -1)
         v = jax.nn.sigmoid(self.v_gate_self(v_cat)) * v_sa + jax.nn.sigmoid(self.v_gate_cross(v_cat)) * v_ca
         a = jax.nn.sigmoid(self.a_gate_self(a_cat)) * a_sa + jax.nn.sigmoid(self.a_gate_cross(a_cat)) * a_ca

@@ -48,22 +48,24 @@ def test_band_mask_blocks_attention_outside_the_band():
 
 
 def test_gates_choose_between_self_and_cross_attention():
+    """For each modality: its self-attention or the cross-attention from the other, as the gates choose
+    (the level runs both cross directions as one batch; here each is called on its own)."""
     level = PyramidLevel(FusionConfig(dim=8, heads=2, ffn_dim=8), reach=1, rngs=nnx.Rngs(0))
     level.eval()
     rng = np.random.default_rng(1)
     v, a = (jnp.asarray(rng.standard_normal((2, 6, 8)), jnp.float32) for _ in range(2))
     mask = band_mask(6, 1)
-    v_sa, v_ca = level.v_self(v, v, v, mask), level.cross(v, a, a, mask)
-    for gate, far, expected in (
-        (level.v_gate_self, level.v_gate_cross, v_sa),
-        (level.v_gate_cross, level.v_gate_self, v_ca),
-    ):
-        gate.kernel[...] = jnp.zeros_like(gate.kernel[...])
-        gate.bias[...] = jnp.full_like(gate.bias[...], 50.0)  # sigmoid -> 1
-        far.kernel[...] = jnp.zeros_like(far.kernel[...])
-        far.bias[...] = jnp.full_like(far.bias[...], -50.0)  # sigmoid -> 0
-        out_v, _ = level(v, a)
-        np.testing.assert_allclose(out_v, level.v_tcn(expected), atol=1e-5)
+    sides = (
+        (level.v_gate_self, level.v_gate_cross, level.v_self(v, v, v, mask), level.cross(v, a, a, mask), level.v_tcn),
+        (level.a_gate_self, level.a_gate_cross, level.a_self(a, a, a, mask), level.cross(a, v, v, mask), level.a_tcn),
+    )
+    for side, (self_gate, cross_gate, sa, ca, tcn) in enumerate(sides):
+        for gate, far, expected in ((self_gate, cross_gate, sa), (cross_gate, self_gate, ca)):
+            gate.kernel[...] = jnp.zeros_like(gate.kernel[...])
+            gate.bias[...] = jnp.full_like(gate.bias[...], 50.0)  # sigmoid -> 1
+            far.kernel[...] = jnp.zeros_like(far.kernel[...])
+            far.bias[...] = jnp.full_like(far.bias[...], -50.0)  # sigmoid -> 0
+            np.testing.assert_allclose(level(v, a)[side], tcn(expected), atol=1e-5)
 
 
 @pytest.mark.parametrize("faithful", [True, False])
