@@ -190,12 +190,12 @@ def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, approximate, int
         specs += [resident(args[-3].shape), resident(args[-2].shape), rows]
         kernel, semantics = functools.partial(_backward_kernel, **kernel_args), "arbitrary"  # Gradients summed.
         out_specs = [rows] + specs[1:7]
-        # The tokens' gradient in their dtype, the weights' and biases' summed in float32 (or float64).
-        out_shape = [jax.ShapeDtypeStruct(args[0].shape, x.dtype)]
-        out_shape += [jax.ShapeDtypeStruct(a.shape, acc) for a in args[1:7]]
-        io += x.size * x.dtype.itemsize + weights_bytes + (w1.size + w2.size) * acc.itemsize
+        # The gradients in their inputs' dtypes; the weights' and biases' summed in float32 (or float64).
+        out_shape = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args[:7]]
+        io += x.size * x.dtype.itemsize + 2 * weights_bytes  # And the weights' gradients, in their dtype.
         cost = _cost(c, hidden, tokens, 5, FORWARD_OPS[approximate] + BACKWARD_OPS[approximate], io)
-    out = run_kernel(kernel, args, tokens // block, specs, out_specs, out_shape, semantics, cost, interpret)
+    sums = range(1, 7) if dout is not None else ()
+    out = run_kernel(kernel, args, tokens // block, specs, out_specs, out_shape, semantics, cost, interpret, sums=sums)
     if dout is None:
         return orient(out)
     # As the inputs: the tokens' and weights' gradients from the kernel's orientation, the vectors' flat.

@@ -73,6 +73,31 @@ def test_the_mask_matters_and_each_window_gets_its_own():
     assert np.abs(out - wa.reference(qkv, bias, first_only, HEADS)).max() > 1e-2
 
 
+def test_sums_over_the_grid_into_bfloat16_are_rounded_once_from_float32():
+    """`run_kernel(sums=...)`: a bfloat16 output the grid steps sum into is summed in float32 and rounded
+    once, as the kernels' bfloat16 weight gradients are; summed in bfloat16 itself, 256 + 1 + 1 + ... would
+    stay 256 (bfloat16 steps by 2 there)."""
+    from jax.experimental import pallas as pl
+
+    def kernel(x_ref, out_ref):
+        wa.zero_on_first_step(out_ref)
+        out_ref[...] += x_ref[...].astype(out_ref.dtype)
+
+    blocks = np.ones((64, 8, 128), np.float32)
+    blocks[0] = 256.0
+    x = jnp.asarray(blocks.reshape(-1, 128))
+
+    def summed(sums):
+        out = jax.ShapeDtypeStruct((8, 128), jnp.bfloat16)
+        specs = [pl.BlockSpec((8, 128), lambda i: (i, 0))]
+        return wa.run_kernel(kernel, (x,), 64, specs, wa.resident((8, 128)), out, "arbitrary", None, True, sums=sums)
+
+    once, each_step = summed((0,)), summed(())
+    assert once.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(once, jnp.asarray(blocks.sum(0), jnp.bfloat16))  # 319 -> 320.
+    np.testing.assert_array_equal(each_step, np.full((8, 128), 256.0))
+
+
 def test_bfloat16_stays_within_bfloat16_rounding_of_the_float32_result():
     qkv, bias, mask = _inputs(1, masked=True, dtype=jnp.bfloat16)
     exact = wa.reference(qkv.astype(jnp.float32), bias.astype(jnp.float32), mask, HEADS)
