@@ -308,6 +308,20 @@ def test_approximate_gelu_is_the_tanh_form_in_every_swin_mlp():
     assert 0 < difference < 5e-2
 
 
+def test_tpus_regroup_by_products_only_where_windows_shift():
+    """Lowered for a TPU, moving rows between the map and unshifted windows is a transpose (no product);
+    into or out of shifted ones it takes the one-hot products."""
+    from avcanet_jax.swin3d import regroup
+
+    shape = (2, 4, 28, 28, 8)
+    whole, plain, shifted = (Windows.whole(shape), Windows.of(shape, (8, 7, 7), (0, 0, 0)),
+                             Windows.of(shape, (8, 7, 7), (4, 3, 3)))  # fmt: skip
+    rows = jnp.zeros((math.prod(shape[:-1]), shape[-1]), jnp.bfloat16)
+    for src, dst, products in ((whole, plain, 0), (plain, whole, 0), (plain, shifted, 2), (shifted, whole, 2)):
+        lowered = jax.jit(partial(regroup, src=src, dst=dst)).trace(rows).lower(lowering_platforms=("tpu",))
+        assert lowered.as_text().count("dot_general") == products, (src, dst)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize("shape", [(2, 4, 14, 14, 8), (1, 9, 18, 18, 3)])  # Whole windows; padded and shrunk.
 def test_regrouping_by_products_is_exactly_map_then_rows(dtype, shape):
