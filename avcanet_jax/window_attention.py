@@ -604,15 +604,18 @@ def _sublayer_call(
         args += (attended, orient(dout))
         specs += [rows_spec, tokens_spec]
         kernel = functools.partial(_sublayer_backward_kernel, **kernel_args)
-        # The gradients of the first eight inputs, in their blocks and dtypes; the weights' and biases' are
-        # summed in float32 (float64 for float64 tokens).
+        # The gradients of the first eight inputs, in their blocks: the tokens' and the two weight matrices'
+        # in their dtypes, the vectors' and the relative bias's in float32 (float64 for float64 tokens);
+        # all summed in float32. (Rounding the small ones in the kernel too took stage 2's backward kernel
+        # 0.2 MB over its VMEM in the full step: bfloat16 blocks pad to 16 rows.)
         out_specs = _sublayer_specs(c, c3, heads, vol, wb, period, False, c_major)
-        out_shape = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args[:8]]
+        dtypes = (x.dtype, acc, acc, w.dtype, jnp.float32, proj.dtype, acc, jnp.float32)
+        out_shape = [jax.ShapeDtypeStruct(a.shape, d) for a, d in zip(args[:8], dtypes, strict=True)]
         semantics = "arbitrary"  # The weight and bias gradients are summed over the grid.
         scratch += [pltpu.VMEM((wb * vol, c), x.dtype), pltpu.VMEM((wb * vol, c3), x.dtype)]
-        io = 4 * tokens * c * itemsize + 2 * weights_bytes  # The weights and their gradients.
+        io = 4 * tokens * c * itemsize + weights_bytes + (w.size + proj.size) * itemsize + bias.size * 4
         cost = _cost(n, vol, c3, heads, 5, io, masked, projections=(3, 2))
-    sums = range(1, 8) if residuals is not None else ()
+    sums = range(1, 8) if residuals is not None else ()  # Rounded in the kernel where narrower (w, proj).
     out = run_kernel(kernel, args, n // wb, specs, out_specs, out_shape, semantics, cost, interpret, scratch, sums)
     return (orient(out[0]),) + tuple(out[1:])
 
