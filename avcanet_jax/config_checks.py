@@ -156,6 +156,8 @@ def validate(c, num_devices: int | None = None, num_processes: int | None = None
             raise ConfigError(f"config.{field} must be a positive integer, got {value!r}")
     if c.optimizer.lr <= 0:
         raise ConfigError(f"config.optimizer.lr must be positive, got {c.optimizer.lr}")
+    if c.optimizer.mu_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.optimizer.mu_dtype must be 'float32' or 'bfloat16', got {c.optimizer.mu_dtype!r}")
     if c.loss not in ("ep_ce", "ce"):
         raise ConfigError(f"config.loss must be 'ep_ce' or 'ce', got {c.loss!r}")
     if len(c.ep_ce_lambdas) != 3:

@@ -32,6 +32,7 @@ def test_shipped_configs_validate(module):
         (lambda c: setattr(c, "loss", "focal"), "config.loss"),
         (lambda c: setattr(c, "grad_accumulation", 0), "config.grad_accumulation"),
         (lambda c: c.optimizer.update(lr=0.0), "config.optimizer.lr"),
+        (lambda c: c.optimizer.update(mu_dtype="float16"), "config.optimizer.mu_dtype"),
         (lambda c: c.model.update(attention="cudnn"), "config.model.attention"),
         (lambda c: c.model.update(remat="selective"), "config.model.remat"),
     ],

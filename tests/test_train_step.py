@@ -43,3 +43,22 @@ def test_gradient_accumulation_updates_every_k_micro_steps():
         kernels.append(np.asarray(model.kernel[...]))
     changed = [not np.array_equal(a, b) for a, b in zip(kernels, kernels[1:], strict=False)]
     assert changed == [False, True, False, True]  # One AdamW update per two micro-steps.
+
+
+def test_first_moment_in_bfloat16_when_asked():
+    """`optimizer.mu_dtype="bfloat16"`: AdamW keeps its first moment in bfloat16, its second moment and the
+    weights in float32, and its first update is float32's within bfloat16 rounding."""
+    c = demo.get_config()
+    c.schedule.warmup_epochs = 0.0
+    x, y = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3), jnp.ones((4, 2))
+    kernels, moments = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        c.optimizer.mu_dtype = dtype
+        model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, train_step.make_optimizer(c, updates_per_epoch=10), wrt=nnx.Param)
+        optimizer.update(model, nnx.grad(lambda m: ((m(x) - y) ** 2).mean())(model))
+        kernels[dtype] = np.asarray(model.kernel[...])
+        moments[dtype] = {str(leaf.dtype) for leaf in jax.tree.leaves(optimizer.opt_state) if leaf.ndim}
+    assert moments == {"float32": {"float32"}, "bfloat16": {"bfloat16", "float32"}}
+    assert kernels["bfloat16"].dtype == np.float32
+    np.testing.assert_allclose(kernels["bfloat16"], kernels["float32"], rtol=1e-2, atol=1e-6)
