@@ -14,7 +14,7 @@ from flax import nnx
 
 from avcanet_jax import pretrained
 from avcanet_jax.avcanet import AVCANet, ModelConfig
-from avcanet_jax.fusion import FusionConfig, LocalFusion, PyramidLevel, band_mask
+from avcanet_jax.fusion import FusionConfig, GlobalFusion, LocalFusion, PyramidLevel, band_mask
 from avcanet_jax.layers import DropPath, Mlp
 from avcanet_jax.swin3d import SwinConfig, SwinTransformer3d, Windows
 
@@ -66,6 +66,27 @@ def test_gates_choose_between_self_and_cross_attention():
             far.kernel[...] = jnp.zeros_like(far.kernel[...])
             far.bias[...] = jnp.full_like(far.bias[...], -50.0)  # sigmoid -> 0
             np.testing.assert_allclose(level(v, a)[side], tcn(expected), atol=1e-5)
+
+
+def test_layers_run_both_ways_at_once_equal_one_call_per_direction():
+    """The level-score exchange and the global cross-attention run both directions as one batch
+    (`fusion.both_ways`); here each direction is called on its own."""
+    cfg = FusionConfig(dim=8, heads=2, ffn_dim=8, levels=3)
+    local, glob = LocalFusion(cfg, nnx.Rngs(0)), GlobalFusion(cfg, nnx.Rngs(1))
+    local.eval()
+    glob.eval()
+    rng = np.random.default_rng(3)
+    v_levels, a_levels = (jnp.asarray(rng.standard_normal((2, 5, 3, 8)), jnp.float32) for _ in range(2))
+    v_w = jax.nn.sigmoid(local.v_score(v_levels)).reshape(10, 3, 1)
+    a_w = jax.nn.sigmoid(local.a_score(a_levels)).reshape(10, 3, 1)
+    want = (local.exchange(v_w, a_w, a_w).reshape(2, 5, 3), local.exchange(a_w, v_w, v_w).reshape(2, 5, 3))
+    for got, w in zip(local.level_weights(v_levels, a_levels), want, strict=True):
+        np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-7)
+    v, a = v_levels[:, :, 0], a_levels[:, :, 0]
+    want_v = (glob.linear_v(glob.attn(v, a, a)) + v).mean(axis=1)
+    want_a = (glob.linear_a(glob.attn(a, v, v)) + a).mean(axis=1)
+    for got, w in zip(glob(v, a), (want_v, want_a), strict=True):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("faithful", [True, False])
