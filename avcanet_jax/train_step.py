@@ -35,10 +35,9 @@ def make_schedule(c, updates_per_epoch: int) -> optax.Schedule:
 def make_optimizer(c, updates_per_epoch: int) -> optax.GradientTransformation:
     """AdamW on the intended warm-cosine schedule (its first moment in `optimizer.mu_dtype`), optional
     global-norm clipping, accumulation."""
-    schedule = make_schedule(c, updates_per_epoch)
-    parts = [optax.clip_by_global_norm(c.optimizer.grad_clip_norm)] if c.optimizer.grad_clip_norm else []
-    adamw = dict(b1=c.optimizer.b1, b2=c.optimizer.b2, weight_decay=c.optimizer.weight_decay)
-    parts.append(optax.adamw(schedule, **adamw, mu_dtype=jnp.dtype(c.optimizer.mu_dtype)))
+    schedule, o = make_schedule(c, updates_per_epoch), c.optimizer
+    parts = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
+    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mu_dtype=jnp.dtype(o.mu_dtype)))
     tx = optax.chain(*parts)
     return optax.MultiSteps(tx, every_k_schedule=c.grad_accumulation) if c.grad_accumulation > 1 else tx
 

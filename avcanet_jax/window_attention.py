@@ -356,8 +356,9 @@ def _pallas_bwd(heads, interpret, residuals, do):
     cost = _cost(n, vol, c3, heads, 5, io, masked)
     specs = _specs(vol, c3, heads, nw, wb, masked, flat) + [_rows_spec(wb, vol, c3 // 3, flat)]
     # The bias gradients are summed over the grid in resident blocks, so the steps run in order.
-    grads = run_kernel(kernel, args, n // wb, specs, out_specs, out_shape, "arbitrary", cost, interpret, sums=(1, 2))
-    dqkv, dqkv_bias, dbias = grads
+    dqkv, dqkv_bias, dbias = run_kernel(
+        kernel, args, n // wb, specs, out_specs, out_shape, "arbitrary", cost, interpret, sums=(1, 2)
+    )
     mask_grad = None if mask is None else jnp.zeros_like(mask)
     return dqkv, dqkv_bias.reshape(c3), dbias, mask_grad
 
