@@ -105,11 +105,12 @@ def lower_train_step(c, devices) -> tuple[jax.stages.Lowered, jax.sharding.Mesh]
     tx = train_step.make_optimizer(c, updates_per_epoch=1000)  # The schedule's length does not change the step.
 
     make = train_step.model_and_optimizer(model_cfg, tx, c.seed)
-    graphdef, state, _ = sharding.sharded_state(make, mesh, DEFAULT_RULES)
+    optimizer_axis = train_step.optimizer_axis(c)
+    graphdef, state, _ = sharding.sharded_state(make, mesh, DEFAULT_RULES, train_step.optimizer_split(optimizer_axis))
     shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = input_pipeline.batch_sharding(mesh, config_checks.BATCH_AXES)
     spec = train_step.LossSpec(c.loss, card.class_polarity, tuple(c.ep_ce_lambdas))
-    step, _ = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec)
+    step, _ = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec, optimizer_axis)
     return step.lower(state, abstract_batch(c, batch_sharding)), mesh
 
 

@@ -71,8 +71,34 @@ def state_shardings(abstract_state, mesh: jax.sharding.Mesh, rules: Sequence):
     return jax.tree.map(one, logical, abstract_state, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
 
 
-def sharded_state(make_model: Callable[[], Any], mesh: jax.sharding.Mesh, rules: Sequence):
+def split_over(sharding: NamedSharding, shape: Sequence[int], axis: str, min_size: int) -> NamedSharding:
+    """`sharding` with mesh `axis` also splitting the first dimension it divides that no other mesh axis
+    (of size > 1) splits: ZeRO stage 1's layout for optimizer state, each device keeping and updating a part.
+
+    The first such dimension, because gathering the parts back along the major dimension lands them in
+    place, where a minor one costs a relayout copy. Arrays of fewer than `min_size` elements, with no such
+    dimension, or split over `axis` already, keep `sharding`: every split array costs its own slice and
+    all-gather, a fixed cost that a small array's share of the optimizer's work does not repay.
+    """
+    mesh, size = sharding.mesh, sharding.mesh.shape[axis]
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    names = [() if e is None else (e if isinstance(e, tuple) else (e,)) for e in spec]
+    if size == 1 or math.prod(shape) < min_size or any(axis in n for n in names):
+        return sharding
+    for i, dim in enumerate(shape):
+        if math.prod(mesh.shape[a] for a in names[i]) == 1 and dim % size == 0:
+            spec[i] = axis
+            return NamedSharding(mesh, PartitionSpec(*spec), memory_kind=sharding.memory_kind)
+    return sharding
+
+
+def sharded_state(
+    make_model: Callable[[], Any], mesh: jax.sharding.Mesh, rules: Sequence, adjust: Callable | None = None
+):
     """(graphdef, abstract state, create) for the module(s) `make_model` returns, without creating them.
+
+    `adjust(abstract_state, shardings) -> shardings`, if given, changes the shardings the rules give (e.g.
+    `train_step.optimizer_split`).
 
     The abstract state holds a ShapeDtypeStruct with its NamedSharding per array: enough to compile the
     steps and to restore a checkpoint straight into the sharded layout, so a resumed run never builds
@@ -81,6 +107,8 @@ def sharded_state(make_model: Callable[[], Any], mesh: jax.sharding.Mesh, rules:
     """
     graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
     shardings = state_shardings(abstract_state, mesh, rules)
+    if adjust is not None:
+        shardings = adjust(abstract_state, shardings)
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
     )

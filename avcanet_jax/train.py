@@ -87,11 +87,14 @@ def prepare(c, splits: tuple[str, ...] | None = None) -> Run:
     tx = train_step.make_optimizer(c, updates_per_epoch)
 
     make = train_step.model_and_optimizer(model_cfg, tx, c.seed)
-    graphdef, abstract_state, create_state = sharding.sharded_state(make, mesh, DEFAULT_RULES)
+    optimizer_axis = train_step.optimizer_axis(c)
+    graphdef, abstract_state, create_state = sharding.sharded_state(
+        make, mesh, DEFAULT_RULES, train_step.optimizer_split(optimizer_axis)
+    )
     shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
     batch_sharding = input_pipeline.batch_sharding(mesh, config_checks.BATCH_AXES)
     spec = train_step.LossSpec(c.loss, data.card.class_polarity, tuple(c.ep_ce_lambdas))
-    step_fn, eval_fn = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec)
+    step_fn, eval_fn = train_step.make_steps(graphdef, shardings, batch_sharding, mesh, spec, optimizer_axis)
     step_fn, eval_fn = LoggedCompile(step_fn, "train"), LoggedCompile(eval_fn, "eval")
     return Run(
         mesh, pcfg, data, train_source, graphdef, abstract_state, create_state, batch_sharding, step_fn, eval_fn,

@@ -29,6 +29,35 @@ def test_train_step_fits_a_batch_and_keeps_shardings(tiny_dataset):
     assert logits.shape == (8, 6) and logits.sharding == run.batch_sharding
 
 
+def test_optimizer_state_split_over_data_updates_the_same_weights(tiny_dataset, monkeypatch):
+    """`optimizer.shard_over_data` (ZeRO stage 1): AdamW's moments live split over the data axis, the weights
+    stay in their own layout, and two steps update the weights as the unsplit optimizer does."""
+    monkeypatch.setattr(train_step, "SPLIT_MIN_SIZE", 256)  # The demo model's arrays are small.
+    states = {}
+    for split in (False, True):
+        c = tiny_train_config(tiny_dataset)
+        c.optimizer.shard_over_data = split
+        run = train.prepare(c)
+        batch = next(iter(input_pipeline.train_dataset(run.pcfg)))
+        batch = input_pipeline.to_global(train_step.model_batch(batch), run.batch_sharding)
+        state = run.create_state()
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        for _ in range(2):
+            state, _ = run.train_step(state, batch)
+        assert jax.tree.map(lambda x: x.sharding, state) == shardings
+        states[split] = state
+    specs = {
+        split: [leaf.sharding.spec for leaf in jax.tree.leaves(s[1]["opt_state"]) if leaf.size >= 256]
+        for split, s in states.items()
+    }
+    assert not any("data" in spec for spec in specs[False])
+    assert sum("data" in spec for spec in specs[True]) > len(specs[True]) // 2, specs[True]
+    assert jax.tree.map(lambda x: x.sharding, states[True][0]) == jax.tree.map(lambda x: x.sharding, states[False][0])
+    weights = {split: jax.tree.leaves(nnx.filter_state(s[0], nnx.Param)) for split, s in states.items()}
+    for a, b in zip(weights[True], weights[False], strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 def test_gradient_accumulation_updates_every_k_micro_steps():
     c = demo.get_config()
     c.grad_accumulation = 2
