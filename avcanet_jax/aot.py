@@ -169,6 +169,7 @@ def report(c, topology: str, chip_memory: int | None = None, profile_top: int = 
             clock = CLOCK_HZ[_kind(devices[0].device_kind)]
             roofline = step_profile.Roofline(clock, peak_flops, bandwidth)
             profile = step_profile.summarize(step_profile.parse_entry(text, roofline), clock, top=profile_top)
+            profile["interconnect"] = step_profile.interconnect(text, len(devices))
             # Against the model's FLOPs (reference attention), not the compiled program's (see model_flops).
             flops = model_flops(c)
             result["model_flops_per_step"] = flops

@@ -16,6 +16,10 @@ its tiles (a [.., 196, 32] bfloat16 array occupies 128 lanes per row, 4x its log
 copies count their read at the start and their write at the end; values in VMEM or SMEM cost no HBM bytes.
 XLA's own `bytes accessed` (logical, unpadded) is reported beside it.
 
+Collectives get no cycles either: their time depends on the interconnect and on what overlaps them.
+`interconnect` counts instead the bytes each device sends per step, by collective kind, so that a layout
+which trades HBM traffic for interconnect traffic (ZeRO, FSDP) shows both sides.
+
 Custom kernels (Pallas/Mosaic `tpu_custom_call`s) get no `estimated_cycles` from the compiler. Their time
 is modelled from the `pl.CostEstimate` each kernel carries, as a roofline on the chip's peak FLOP/s and
 HBM bandwidth, and the summary says how many of its cycles were modelled that way (`kernel_cycles`).
@@ -94,6 +98,70 @@ def leaf_bytes(shape: str, hbm_only: bool = True) -> int:
                     physical[-1 - k] = -(-physical[-1 - k] // t) * t
         total += math.prod(physical) * DTYPE_BYTES[dtype]
     return int(total)
+
+
+def logical_bytes(shape: str) -> int:
+    """Bytes of every non-scalar array in an HLO shape string as its dimensions say, without tile padding."""
+    total = 0
+    for dtype, dims, _ in _LEAF.findall(shape):
+        if dtype in DTYPE_BYTES and dims:
+            total += math.prod(int(d) for d in dims.split(",")) * DTYPE_BYTES[dtype]
+    return int(total)
+
+
+# Bytes each device sends per byte of a collective's payload (the arrays it produces; for a reduce-scatter,
+# its share), as ring and bidirectional-ring algorithms move them over a group of n devices.
+_SENT_PER_BYTE = {
+    "all-reduce": lambda n: 2 * (n - 1) / n,
+    "all-gather": lambda n: (n - 1) / n,
+    "reduce-scatter": lambda n: n - 1,
+    "all-to-all": lambda n: (n - 1) / n,
+    "collective-permute": lambda n: 1.0,
+}
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%[\w.\-]+ = ")
+
+
+def _group_size(line: str, devices: int) -> int:
+    """The size of a collective's replica groups, in any of the three ways HLO prints them."""
+    if m := re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line):
+        sizes = {a: int(n) for a, n in re.findall(r"'(\w+)'=(\d+)", m.group(1))}
+        return math.prod(sizes[a] for a in re.findall(r"'(\w+)'", m.group(2)))
+    if m := re.search(r"replica_groups=\{\{([\d,]*)\}", line):
+        return len(m.group(1).split(","))
+    if m := re.search(r"replica_groups=\[([\d,]+)\]<=", line):
+        return int(m.group(1).split(",")[-1])
+    return devices
+
+
+def interconnect(hlo_text: str, devices: int) -> dict[str, int]:
+    """Bytes each device sends over the chips' interconnect per step, by collective kind (`total` too).
+
+    Every collective instruction of the module counts once, wherever the compiler put it (the entry, or
+    an asynchronous collective fusion). Its payload is what it produces; an asynchronous start's result
+    holds its operands before its outputs, so only the second half counts (a collective-permute's start,
+    (operand, output, context...), counts its operand). Groups without printed replica groups span
+    `devices`.
+    """
+    sent: dict[str, float] = defaultdict(float)
+    for line in hlo_text.splitlines():
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        rest = line[m.end() :]
+        end = _balanced(rest, 0) if rest.startswith("(") else rest.find(" ")
+        shape, rest = rest[:end], rest[end:].lstrip()
+        opcode = rest[: rest.find("(")]
+        kind = opcode.removesuffix("-start")
+        if kind not in _SENT_PER_BYTE:
+            continue
+        arrays = [leaf for leaf in _LEAF.finditer(shape) if leaf.group(2)]
+        if opcode.endswith("-start"):
+            arrays = arrays[:1] if kind == "collective-permute" else arrays[len(arrays) // 2 :]
+        payload = sum(logical_bytes(a.group(0)) for a in arrays)
+        sent[kind] += payload * _SENT_PER_BYTE[kind](_group_size(line, devices))
+    result = {k: int(v) for k, v in sorted(sent.items())}
+    result["total"] = sum(result.values())
+    return result
 
 
 def _balanced(text: str, start: int) -> int:
@@ -253,6 +321,12 @@ def format_report(summary: dict) -> str:
         f"{'total':<24}{summary['hbm_bytes'] / 1e6:>20.1f}{100.0:>8.1f}%{summary['cycles'] / 1e6:>10.2f}"
         f"{summary['estimated_ms']:>8.2f}{100.0:>9.1f}%"
     )
+    if "interconnect" in summary:
+        kinds = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in summary["interconnect"].items() if k != "total")
+        lines.append(
+            f"interconnect, not in the cycles: {summary['interconnect']['total'] / 1e6:.1f} MB sent per device"
+            f" per step ({kinds or 'no collectives'})"
+        )
     for key, unit in (("top_by_bytes", "hbm_bytes"), ("top_by_cycles", "cycles")):
         lines.append(f"\ntop instructions by {unit}:")
         for op in summary[key]:

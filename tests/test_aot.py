@@ -53,6 +53,10 @@ def test_demo_step_compiles_for_a_v5e_slice_reports_its_figures_and_exits_1_when
     assert parts["swin.stage1.attention"]["bwd_bytes"] > 0  # The backward pass is attributed too.
     assert profile["x_flop_bound"] > 1 and len(profile["top_by_cycles"]) == 5
     assert "swin.stage1.attention" in proc.stdout and "top instructions by cycles" in proc.stdout
+    # The gradients are summed over the 4 devices the batch is split over; the compiler gives that no cycles.
+    sent = profile["interconnect"]
+    assert sent["all-reduce"] > 0 and sent["total"] >= sent["all-reduce"]
+    assert "interconnect, not in the cycles" in proc.stdout
 
 
 @contextlib.contextmanager

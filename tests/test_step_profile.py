@@ -83,3 +83,33 @@ def test_entry_ops_count_each_transfer_once_and_sum_to_the_totals():
 def test_no_entry_computation_is_an_error():
     with pytest.raises(ValueError, match="ENTRY"):
         step_profile.parse_entry("HloModule m\n")
+
+
+# Collectives as the TPU compiler prints them: a combined all-reduce over a mesh axis, an all-gather inside
+# an asynchronous collective fusion, a collective-permute start ((operand, output, context)), an all-to-all
+# with iota replica groups and a reduce-scatter with listed groups.
+COLLECTIVES_HLO = """HloModule jit_train
+%async_collective (param_0.1: f32[128,512]) -> f32[512,512] {
+  %param_0.1 = f32[128,512]{1,0:T(8,128)S(1)} parameter(0)
+  ROOT %all-gather.7 = f32[512,512]{1,0:T(8,128)} all-gather(%param_0.1), channel_id=3, replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}, dimensions={0}
+}
+ENTRY %main.1 (p: bf16[64,64]) -> bf16[64,64] {
+  %all-reduce.1 = (bf16[64,64]{1,0:T(8,128)(2,1)}, bf16[32]{0:T(256)}) all-reduce(%p, %q), channel_id=1, replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0','axis_1'}, to_apply=%add
+  %collective-permute-start.1 = (bf16[2,16]{1,0}, bf16[2,16]{1,0}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%p), channel_id=2, source_target_pairs={{1,3}}
+  %all-to-all.1 = bf16[2,4,8]{2,1,0} all-to-all(%p), channel_id=4, replica_groups=[2,4]<=[8], dimensions={1}
+  %reduce-scatter.1 = f32[16]{0} reduce-scatter(%p), channel_id=5, replica_groups={{0,1},{2,3},{4,5},{6,7}}, dimensions={0}
+  %all-reduce.2 = f32[] all-reduce(%p), channel_id=6, to_apply=%add
+}
+"""
+
+
+def test_interconnect_counts_the_bytes_each_device_sends_per_collective():
+    sent = step_profile.interconnect(COLLECTIVES_HLO, devices=8)
+    assert sent["all-reduce"] == int((64 * 64 + 32) * 2 * 2 * 7 / 8)  # Over all 8 devices; a scalar adds 0.
+    assert sent["all-gather"] == 512 * 512 * 4 * 3 // 4  # Over axis_0 (4 devices).
+    assert sent["collective-permute"] == 2 * 16 * 2  # The operand, once.
+    assert sent["all-to-all"] == 2 * 4 * 8 * 2 * 3 // 4  # Groups of 4.
+    assert sent["reduce-scatter"] == 16 * 4 * 1  # Its share, from each of the 1 other device of a pair.
+    assert sent["total"] == sum(v for k, v in sent.items() if k != "total")
+    # No printed replica groups: the group is every device.
+    assert step_profile.interconnect(HLO, devices=8) == {"all-reduce": 8 * 4 * 2 * 7 // 8, "total": 56}
