@@ -80,7 +80,7 @@ def split_over(sharding: NamedSharding, shape: Sequence[int], axis: str, min_siz
     dimension, or split over `axis` already, keep `sharding`: every split array costs its own slice and
     all-gather, a fixed cost that a small array's share of the optimizer's work does not repay.
     """
-    mesh, size = sharding.mesh, sharding.mesh.shape[axis]
+    mesh, size = sharding.mesh, sharding.mesh.shape.get(axis, 1)  # A mesh without `axis`: nothing to split.
     spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
     names = [() if e is None else (e if isinstance(e, tuple) else (e,)) for e in spec]
     if size == 1 or math.prod(shape) < min_size or any(axis in n for n in names):

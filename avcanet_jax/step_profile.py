@@ -118,7 +118,18 @@ _SENT_PER_BYTE = {
     "all-to-all": lambda n: (n - 1) / n,
     "collective-permute": lambda n: 1.0,
 }
-_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%[\w.\-]+ = ")
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = ")
+
+
+def _instruction(line: str) -> tuple[str, str, str, str] | None:
+    """(name, result shape, opcode, the text from the opcode on) of an HLO instruction line, else None."""
+    m = _INSTRUCTION.match(line)
+    if not m:
+        return None
+    rest = line[m.end() :]
+    end = _balanced(rest, 0) if rest.startswith("(") else rest.index(" ")
+    shape, rest = rest[:end], rest[end:].lstrip()
+    return m.group(1), shape, rest[: rest.index("(")], rest
 
 
 def _group_size(line: str, devices: int) -> int:
@@ -144,13 +155,7 @@ def interconnect(hlo_text: str, devices: int) -> dict[str, int]:
     """
     sent: dict[str, float] = defaultdict(float)
     for line in hlo_text.splitlines():
-        m = _INSTRUCTION.match(line)
-        if not m:
-            continue
-        rest = line[m.end() :]
-        end = _balanced(rest, 0) if rest.startswith("(") else rest.find(" ")
-        shape, rest = rest[:end], rest[end:].lstrip()
-        opcode = rest[: rest.find("(")]
+        _, shape, opcode, _ = _instruction(line) or ("", "", "", "")
         kind = opcode.removesuffix("-start")
         if kind not in _SENT_PER_BYTE:
             continue
@@ -209,20 +214,17 @@ def parse_entry(hlo_text: str, roofline: Roofline | None = None) -> list[Op]:
         raise ValueError("no ENTRY computation in this HLO text")
     rows = []  # (name, opcode, shape, operands, op_name, cycles, kernel)
     for line in entry.group(1).splitlines():
-        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
-        if not m:
+        instruction = _instruction(line)
+        if instruction is None:
             continue
-        rest = line[m.end() :]
-        end = _balanced(rest, 0) if rest.startswith("(") else rest.index(" ")
-        shape, rest = rest[:end], rest[end:].lstrip()
-        opcode = rest[: rest.index("(")]
+        name, shape, opcode, rest = instruction
         operands = re.findall(r"%([\w.\-]+)", rest[len(opcode) : _balanced(rest, len(opcode))])
         cycles, op_name, kernel = _CYCLES.search(line), _OP_NAME.search(line), _KERNEL_COST.search(line)
         if cycles:
             cycles = int(cycles.group(1))
         elif kernel and roofline:
             cycles = roofline.cycles(float(kernel.group(1)), float(kernel.group(2)))
-        rows.append((m.group(1), opcode, shape, operands, op_name.group(1) if op_name else "", cycles or 0,
+        rows.append((name, opcode, shape, operands, op_name.group(1) if op_name else "", cycles or 0,
                      bool(kernel and cycles)))  # fmt: skip
     by_name = {r[0]: r for r in rows}
     consumers = defaultdict(list)

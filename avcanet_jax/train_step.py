@@ -104,7 +104,9 @@ def _split_gradient(grad: jax.Array, param_sharding: NamedSharding, axis: str) -
 
     The first constraint leaves that sum where XLA puts it by itself, at the weight-gradient products in
     the backward pass's dtype; constrained to the split alone, XLA repartitioned those products instead
-    (a v5e step from 52.5 to 64.4 million cycles). The second lets the update run on each device's part.
+    (the audio ResNet from 4.5 to 9.1 million cycles on a v5e). The second lets the update, and the cast
+    of a bfloat16 gradient to float32 before it, run on each device's part: with the first alone, those
+    casts ran over whole arrays (1.5 million cycles more).
     """
     grad = jax.lax.with_sharding_constraint(grad, param_sharding)
     return jax.lax.with_sharding_constraint(grad, sharding.split_over(param_sharding, grad.shape, axis, SPLIT_MIN_SIZE))

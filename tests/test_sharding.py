@@ -46,6 +46,8 @@ def test_optimizer_state_split_over_an_axis_takes_the_first_free_dimension_it_di
     assert split(P(), (96,), min_size=1000) == P()  # Too small to be worth its own all-gather.
     assert split(P(), (6, 10)) == P()  # No dimension divisible by 4.
     assert split(P("data"), (64,)) == P("data")
+    no_data = sharding.make_mesh({"fsdp": 8})
+    assert sharding.split_over(jax.sharding.NamedSharding(no_data, P()), (64,), "data", 0).spec == P()
 
 
 def test_model_is_created_sharded_with_the_same_values():
