@@ -9,6 +9,7 @@ from conftest import tiny_train_config
 from flax import nnx
 
 from avcanet_jax import input_pipeline, train, train_step
+from avcanet_jax.checkpointing import Checkpoints
 from configs import demo
 
 
@@ -29,11 +30,12 @@ def test_train_step_fits_a_batch_and_keeps_shardings(tiny_dataset):
     assert logits.shape == (8, 6) and logits.sharding == run.batch_sharding
 
 
-def test_optimizer_state_split_over_data_updates_the_same_weights(tiny_dataset, monkeypatch):
+def test_optimizer_state_split_over_data_updates_the_same_weights(tiny_dataset, monkeypatch, tmp_path):
     """`optimizer.shard_over_data` (ZeRO stage 1): AdamW's moments live split over the data axis, the weights
-    stay in their own layout, and two steps update the weights as the unsplit optimizer does."""
+    stay in their own layout, two steps update the weights as the unsplit optimizer does, and a run that
+    turns the option on resumes from a checkpoint saved with it off."""
     monkeypatch.setattr(train_step, "SPLIT_MIN_SIZE", 256)  # The demo model's arrays are small.
-    states = {}
+    states, runs = {}, {}
     for split in (False, True):
         c = tiny_train_config(tiny_dataset)
         c.optimizer.shard_over_data = split
@@ -45,7 +47,7 @@ def test_optimizer_state_split_over_data_updates_the_same_weights(tiny_dataset, 
         for _ in range(2):
             state, _ = run.train_step(state, batch)
         assert jax.tree.map(lambda x: x.sharding, state) == shardings
-        states[split] = state
+        states[split], runs[split] = state, run
     specs = {
         split: [leaf.sharding.spec for leaf in jax.tree.leaves(s[1]["opt_state"]) if leaf.size >= 256]
         for split, s in states.items()
@@ -56,6 +58,14 @@ def test_optimizer_state_split_over_data_updates_the_same_weights(tiny_dataset, 
     weights = {split: jax.tree.leaves(nnx.filter_state(s[0], nnx.Param)) for split, s in states.items()}
     for a, b in zip(weights[True], weights[False], strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    checkpoints = Checkpoints(str(tmp_path), keep=1)
+    checkpoints.save(2, states[False])
+    checkpoints.wait()
+    restored = checkpoints.restore(runs[True].abstract_state, step=2)
+    assert jax.tree.map(lambda x: x.sharding, restored) == jax.tree.map(lambda x: x.sharding, states[True])
+    moments = [jax.tree.leaves(s[1]["opt_state"]) for s in (restored, states[False])]
+    for a, b in zip(*moments, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_gradient_accumulation_updates_every_k_micro_steps():
