@@ -43,6 +43,9 @@ CHIPS = {
     "TPU v5": (95 * GIB, 459e12, 2.765e12),
     "TPU v6 lite": (32 * GIB, 918e12, 1.64e12),
 }
+# Bidirectional inter-chip interconnect bandwidth per chip, bytes/s (Google Cloud TPU documentation; none
+# published for v4 in the same form). Half of it leaves a chip: what `step_profile.interconnect` counts.
+ICI_BANDWIDTH = {"TPU v5 lite": 400e9, "TPU v5": 1200e9, "TPU v6 lite": 800e9}
 # TensorCore clock, which turns the compiler's `estimated_cycles` into time; each follows from the peak
 # above and the matrix units (v4, v5p: 2 cores x 4 MXUs of 128^2; v5e: 4 of 128^2; v6e: 4 of 256^2).
 CLOCK_HZ = {"TPU v4": 1.05e9, "TPU v5 lite": 1.5e9, "TPU v5": 1.75e9, "TPU v6 lite": 1.75e9}
@@ -170,6 +173,9 @@ def report(c, topology: str, chip_memory: int | None = None, profile_top: int = 
             roofline = step_profile.Roofline(clock, peak_flops, bandwidth)
             profile = step_profile.summarize(step_profile.parse_entry(text, roofline), clock, top=profile_top)
             profile["interconnect"] = step_profile.interconnect(text, len(devices))
+            if ici := ICI_BANDWIDTH.get(_kind(devices[0].device_kind)):
+                profile["interconnect_ici_bytes_per_s"] = ici
+                profile["interconnect_min_ms"] = 1e3 * profile["interconnect"]["total"] / (ici / 2)
             # Against the model's FLOPs (reference attention), not the compiled program's (see model_flops).
             flops = model_flops(c)
             result["model_flops_per_step"] = flops

@@ -325,10 +325,17 @@ def format_report(summary: dict) -> str:
     )
     if "interconnect" in summary:
         kinds = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in summary["interconnect"].items() if k != "total")
-        lines.append(
+        line = (
             f"interconnect, not in the cycles: {summary['interconnect']['total'] / 1e6:.1f} MB sent per device"
             f" per step ({kinds or 'no collectives'})"
         )
+        if "interconnect_min_ms" in summary:
+            line += (
+                f"; at least {summary['interconnect_min_ms']:.2f} ms at the chip's"
+                f" {summary['interconnect_ici_bytes_per_s'] / 1e9:.0f} GB/s bidirectional ICI where it does not"
+                " overlap compute"
+            )
+        lines.append(line)
     for key, unit in (("top_by_bytes", "hbm_bytes"), ("top_by_cycles", "cycles")):
         lines.append(f"\ntop instructions by {unit}:")
         for op in summary[key]:

@@ -56,7 +56,8 @@ def test_demo_step_compiles_for_a_v5e_slice_reports_its_figures_and_exits_1_when
     # The gradients are summed over the 4 devices the batch is split over; the compiler gives that no cycles.
     sent = profile["interconnect"]
     assert sent["all-reduce"] > 0 and sent["total"] >= sent["all-reduce"]
-    assert "interconnect, not in the cycles" in proc.stdout
+    assert profile["interconnect_min_ms"] == pytest.approx(1e3 * sent["total"] / 200e9)  # v5e: 400 GB/s both ways.
+    assert "interconnect, not in the cycles" in proc.stdout and "400 GB/s bidirectional ICI" in proc.stdout
 
 
 @contextlib.contextmanager
