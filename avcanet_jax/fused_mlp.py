@@ -182,19 +182,18 @@ def _call(x, keep, norm_scale, norm_shift, w1, b1, w2, b2, eps, approximate, int
     weights_bytes = (w1.size + w2.size) * w1.dtype.itemsize
     io = 2 * x.size * x.dtype.itemsize + weights_bytes + (tokens * acc.itemsize if dropped else 0)
     if dout is None:
-        kernel, out_specs, semantics = functools.partial(_forward_kernel, **kernel_args), rows, "parallel"
+        kernel, out_specs, semantics, sums = functools.partial(_forward_kernel, **kernel_args), rows, "parallel", ()
         out_shape = jax.ShapeDtypeStruct(args[0].shape, x.dtype)
         cost = _cost(c, hidden, tokens, 2, FORWARD_OPS[approximate], io)
     else:
         args += (orient(w1).T, orient(w2).T, orient(dout))
         specs += [resident(args[-3].shape), resident(args[-2].shape), rows]
         kernel, semantics = functools.partial(_backward_kernel, **kernel_args), "arbitrary"  # Gradients summed.
-        out_specs = [rows] + specs[1:7]
+        out_specs, sums = [rows] + specs[1:7], range(1, 7)
         # The gradients in their inputs' dtypes; the weights' and biases' summed in float32 (or float64).
         out_shape = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args[:7]]
         io += x.size * x.dtype.itemsize + 2 * weights_bytes  # And the weights' gradients, in their dtype.
         cost = _cost(c, hidden, tokens, 5, FORWARD_OPS[approximate] + BACKWARD_OPS[approximate], io)
-    sums = range(1, 7) if dout is not None else ()
     out = run_kernel(kernel, args, tokens // block, specs, out_specs, out_shape, semantics, cost, interpret, sums=sums)
     if dout is None:
         return orient(out)

@@ -122,7 +122,7 @@ def make_steps(
     the mesh axis the optimizer state is split over (`optimizer_split`), else None.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
-    param_shardings = nnx.filter_state(state_shardings[0], nnx.Param)
+    param_shardings = nnx.filter_state(state_shardings[0], nnx.Param) if optimizer_axis else None
 
     # The mesh is known while tracing, so that code which must run per device (a Pallas kernel, which XLA
     # cannot partition, under `jax.shard_map`) can find it.

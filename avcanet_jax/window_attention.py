@@ -597,7 +597,7 @@ def _sublayer_call(
     weights_bytes = (w.size + proj.size) * itemsize + bias.size * bias.dtype.itemsize
     if residuals is None:
         kernel = functools.partial(_sublayer_forward_kernel, **kernel_args)
-        out_specs, semantics = [tokens_spec, rows_spec], "parallel"
+        out_specs, semantics, sums = [tokens_spec, rows_spec], "parallel", ()
         out_shape = [jax.ShapeDtypeStruct(args[0].shape, x.dtype), jax.ShapeDtypeStruct((tokens, c), x.dtype)]
         cost = _cost(n, vol, c3, heads, 2, 3 * tokens * c * itemsize + weights_bytes, masked, projections=(1, 1))
     else:
@@ -613,10 +613,10 @@ def _sublayer_call(
         dtypes = (x.dtype, acc, acc, w.dtype, jnp.float32, proj.dtype, acc, jnp.float32)
         out_shape = [jax.ShapeDtypeStruct(a.shape, d) for a, d in zip(args[:8], dtypes, strict=True)]
         semantics = "arbitrary"  # The weight and bias gradients are summed over the grid.
+        sums = range(1, 8)  # Rounded in the kernel where narrower (w, proj).
         scratch += [pltpu.VMEM((wb * vol, c), x.dtype), pltpu.VMEM((wb * vol, c3), x.dtype)]
         io = 4 * tokens * c * itemsize + weights_bytes + (w.size + proj.size) * itemsize + bias.size * 4
         cost = _cost(n, vol, c3, heads, 5, io, masked, projections=(3, 2))
-    sums = range(1, 8) if residuals is not None else ()  # Rounded in the kernel where narrower (w, proj).
     out = run_kernel(kernel, args, n // wb, specs, out_specs, out_shape, semantics, cost, interpret, scratch, sums)
     return (orient(out[0]),) + tuple(out[1:])
 
