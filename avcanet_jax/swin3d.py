@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from avcanet_jax import fused_mlp, window_attention
+from avcanet_jax import fused_mlp, fused_norm, window_attention
 from avcanet_jax.layers import (
     FP32,
     TORCH_DEFAULT,
@@ -421,17 +421,28 @@ class SwinBlock3d(nnx.Module):
 
 
 class PatchMerging(nnx.Module):
-    """2x2 spatial downsampling: concatenate neighbours (padding odd sizes), LayerNorm, Linear 4C -> 2C."""
+    """2x2 spatial downsampling: concatenate neighbours (padding odd sizes), LayerNorm, Linear 4C -> 2C.
 
-    def __init__(self, dim: int, rngs: nnx.Rngs, precision: Precision = FP32):
+    `fused`: the LayerNorm and Linear as one Pallas kernel on the concatenated token rows
+    (`fused_norm.norm_linear`, with the Pallas attention), where XLA normalised the 5-D map.
+    """
+
+    def __init__(self, dim: int, rngs: nnx.Rngs, precision: Precision = FP32, fused: bool = False):
         self.norm = layer_norm(4 * dim, rngs, precision)
         self.reduction = linear(4 * dim, 2 * dim, ("embed", "embed_out"), rngs, precision, bias=False)
+        self.fused = fused
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h, w = x.shape[2:4]
         x = jnp.pad(x, ((0, 0), (0, 0), (0, h % 2), (0, w % 2), (0, 0)))
         parts = [x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]]
-        return self.reduction(self.norm(jnp.concatenate(parts, axis=-1)))
+        x = jnp.concatenate(parts, axis=-1)
+        rows, out = x.reshape(-1, x.shape[-1]), self.reduction.out_features
+        if not (self.fused and fused_norm.pays(rows.shape[-1], out, window_attention.per_device_count(len(rows)))):
+            return self.reduction(self.norm(x))
+        (rows, kernel) = nnx.nn.dtypes.promote_dtype((rows, self.reduction.kernel[...]), dtype=self.reduction.dtype)
+        out = fused_norm.norm_linear(rows, self.norm.scale[...], self.norm.bias[...], self.norm.epsilon, kernel)
+        return out.reshape(*x.shape[:-1], -1)
 
 
 class PatchEmbed3d(nnx.Module):
@@ -499,7 +510,7 @@ class SwinTransformer3d(nnx.Module):
                 blocks.append(SwinBlock3d(dim, heads, shift, rates[sum(cfg.depths[:i]) + j], cfg, rngs, precision))
             stages.append(nnx.List(blocks))
             if i < len(cfg.depths) - 1:
-                merges.append(PatchMerging(dim, rngs, precision))
+                merges.append(PatchMerging(dim, rngs, precision, fused=cfg.attention == "pallas"))
         self.stages = nnx.List(stages)
         self.merges = nnx.List(merges)
         self.norm = layer_norm(cfg.num_features, rngs, precision)

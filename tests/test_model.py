@@ -274,14 +274,20 @@ def test_activations_follow_the_logical_rules_under_a_mesh():
 
 
 @pytest.mark.parametrize("size", [32, 56])
-def test_window_attention_implementations_match_the_reference_path(size):
+def test_window_attention_implementations_match_the_reference_path(size, monkeypatch):
     """The whole backbone with the Pallas kernel (in Pallas's interpreter here) against the reference, in
     float64 (in float32 the deep chain amplifies rounding to ~1e-3 in grads). 32 x 32 frames pad stage 1's
     map to whole windows (the kernel then attends normalised rows); 56 x 56 frames need no padding, and the
     LayerNorm, projections, attention and residual run as one kernel (the LayerNorms' gradients included). At
     both sizes each block's second LayerNorm, MLP and residual run as one kernel too (`fused_mlp`), on
-    C-major rows in stages 1-3 and row-major ones in stage 4 (128 wide)."""
+    C-major rows in stages 1-3 and row-major ones in stage 4 (128 wide). Each patch merging's LayerNorm and
+    reduction run as a kernel as well (`fused_norm`)."""
+    from avcanet_jax import fused_norm
     from avcanet_jax.layers import Precision
+
+    norms = []
+    norm_linear = fused_norm.norm_linear
+    monkeypatch.setattr(fused_norm, "norm_linear", lambda rows, *a: norms.append(rows.shape) or norm_linear(rows, *a))
 
     cfg = SwinConfig(embed_dim=16, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 4))  # Block 2 of stage 1 is shifted.
     block = SwinTransformer3d(cfg, nnx.Rngs(0)).stages[0][0]
@@ -300,7 +306,10 @@ def test_window_attention_implementations_match_the_reference_path(size):
                 for block in blocks
             ]
             assert fused == [impl == "pallas"] * 5
+            norms.clear()
             out, g = nnx.jit(lambda m: (m(x), nnx.grad(lambda m: (m(x) ** 2).sum())(m)))(model)
+            # Traced twice (the output, the gradient): each merging's rows, 4C wide.
+            assert [c for _, c in norms] == ([] if impl == "xla" else [64, 128, 256] * 2)
             outs.append(np.asarray(out))
             grads.append([np.asarray(v) for v in jax.tree.leaves(nnx.state(g, nnx.Param))])
     # The kernel computes the softmax in float32, as the reference does, and also its backward there
