@@ -6,16 +6,14 @@ The kernel runs in Pallas's interpreter on CPU: the same kernel body, blocks and
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from kernel_checks import assert_same_value_and_grads, pallas_operands
+from kernel_checks import assert_bfloat16_close_and_sharded_equal, assert_same_value_and_grads, pallas_operands
 
-from avcanet_jax import fused_mlp, window_attention
-from avcanet_jax.layers import DEFAULT_RULES
+from avcanet_jax import fused_mlp
 
 TOKENS = 384
 
@@ -75,27 +73,7 @@ def test_the_fused_mlp_equals_layer_norm_products_gelu_and_residual(c, keep, app
 
 
 def test_the_fused_mlp_in_bfloat16_and_under_a_sharded_mesh():
-    """bf16 within bf16 rounding of float32; under a mesh each device runs its own rows, and its share of
-    every weight's gradient is summed over devices."""
-    args = _inputs(24, jnp.bfloat16)
-    exact = [a.astype(jnp.float32) for a in args]
-    argnums = tuple(range(len(args)))
-    value, grads = jax.value_and_grad(_loss(True), argnums=argnums)(*args)
-    want_value, want = jax.value_and_grad(_loss(False), argnums=argnums)(*exact)
-    assert grads[0].dtype == grads[3].dtype == jnp.bfloat16
-    np.testing.assert_allclose(value, want_value, rtol=3e-2)
-    for g, w in zip(grads, want, strict=True):
-        np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=3e-2 * float(np.abs(w).max()))
-
-    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-        assert window_attention.per_device_count(TOKENS) == TOKENS // 4
-        got = jax.jit(jax.value_and_grad(_loss(True), argnums=argnums))(jax.device_put(exact[0], rows), *exact[1:])
-    want = jax.value_and_grad(_loss(False), argnums=argnums)(*exact)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-    for g, w in zip(got[1], want[1], strict=True):
-        np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
+    assert_bfloat16_close_and_sharded_equal(_loss(True), _loss(False), _inputs(24, jnp.bfloat16))
 
 
 @pytest.mark.parametrize(

@@ -6,16 +6,19 @@ The kernel runs in Pallas's interpreter on CPU: the same kernel body, blocks and
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from kernel_checks import assert_same_value_and_grads, pallas_operands
+from kernel_checks import (
+    assert_bfloat16_close_and_sharded_equal,
+    assert_same_value_and_grads,
+    pallas_operands,
+    pallas_results,
+)
 
 from avcanet_jax import fused_mlp, fused_norm
-from avcanet_jax.layers import DEFAULT_RULES
 
 TOKENS = 384
 
@@ -58,37 +61,10 @@ def test_the_fused_norm_equals_layer_norm_and_product(c, d, monkeypatch):
     assert_same_value_and_grads(_loss(True), _loss(False), args, (0, 1, 2, 3))
     jaxpr = jax.make_jaxpr(lambda r: fused_norm.norm_linear(r, *args[1:3], 1e-5, args[3]))(args[0])
     operands = {v.aval.shape for v in pallas_operands(jaxpr.jaxpr)}
-    results = {v.aval.shape for v in _pallas_results(jaxpr.jaxpr)}
+    results = {v.aval.shape for v in pallas_results(jaxpr.jaxpr)}
     assert (args[0].T.shape in operands) == (c % 128 != 0) and (args[0].shape in operands) == (c % 128 == 0)
     assert results == {(d, TOKENS) if d % 128 else (TOKENS, d)}
 
 
-def _pallas_results(jaxpr):
-    """The results of every pallas_call in a jaxpr, nested ones included."""
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "pallas_call":
-            yield from eqn.outvars
-        for sub in jax.core.jaxprs_in_params(eqn.params):
-            yield from _pallas_results(sub)
-
-
 def test_the_fused_norm_in_bfloat16_and_under_a_sharded_mesh():
-    """bf16 within bf16 rounding of float32; under a mesh each device normalises its own rows, and its share
-    of the weights' gradients is summed over devices."""
-    args = _inputs(256, 24, jnp.bfloat16)
-    exact = [a.astype(jnp.float32) for a in args]
-    argnums = tuple(range(len(args)))
-    value, grads = jax.value_and_grad(_loss(True), argnums=argnums)(*args)
-    want_value, want = jax.value_and_grad(_loss(False), argnums=argnums)(*exact)
-    assert grads[0].dtype == grads[3].dtype == jnp.bfloat16
-    np.testing.assert_allclose(value, want_value, rtol=3e-2)
-    for g, w in zip(grads, want, strict=True):
-        np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=3e-2 * float(np.abs(w).max()))
-
-    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-        got = jax.jit(jax.value_and_grad(_loss(True), argnums=argnums))(jax.device_put(exact[0], rows), *exact[1:])
-    np.testing.assert_allclose(got[0], want_value, rtol=1e-5)
-    for g, w in zip(got[1], want, strict=True):
-        np.testing.assert_allclose(g, w, atol=5e-6 * float(np.abs(w).max()))
+    assert_bfloat16_close_and_sharded_equal(_loss(True), _loss(False), _inputs(256, 24, jnp.bfloat16))
