@@ -99,15 +99,13 @@ def _call(x, scale, shift, w, eps, interpret, dy=None):
     args = (orient(x, cx), vector(scale), vector(shift))
     specs = [token_blocks(c, block, not cx), resident(args[1].shape), resident(args[2].shape)]
     io = (tokens * c + tokens * d) * x.dtype.itemsize + w.size * w.dtype.itemsize
-    kernel_args = dict(eps=eps, cx=cx, cy=cy)
     if dy is None:
         args += (w if cy else w.T,)
         specs.append(resident(args[-1].shape))
         out_shape = jax.ShapeDtypeStruct((tokens, d) if cy else (d, tokens), x.dtype)
-        out = run_kernel(
-            functools.partial(_forward_kernel, **kernel_args), args, tokens // block, specs,
-            token_blocks(d, block, not cy), out_shape, "parallel", _cost(tokens, c, d, 1, io), interpret,
-        )  # fmt: skip
+        kernel, cost = functools.partial(_forward_kernel, eps=eps, cx=cx, cy=cy), _cost(tokens, c, d, 1, io)
+        out_specs = token_blocks(d, block, not cy)
+        out = run_kernel(kernel, args, tokens // block, specs, out_specs, out_shape, "parallel", cost, interpret)
         return orient(out, cy)
     transposed = _transposed(cx, cy)
     args += (w.T if transposed else w, orient(dy, cy))
@@ -116,18 +114,11 @@ def _call(x, scale, shift, w, eps, interpret, dy=None):
     out_shape = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
     out_specs = specs[:3] + [resident(args[3].shape)]
     io += tokens * c * x.dtype.itemsize + w.size * w.dtype.itemsize  # dx, and the weights' gradient.
+    kernel, cost = functools.partial(_backward_kernel, eps=eps, cx=cx, cy=cy), _cost(tokens, c, d, 2, io)
+    # "arbitrary": the grid steps sum the LayerNorm's and the weights' gradients (outputs 1 to 3).
     dx, dscale, dshift, dw = run_kernel(
-        functools.partial(_backward_kernel, **kernel_args),
-        args,
-        tokens // block,
-        specs,
-        out_specs,
-        out_shape,
-        "arbitrary",
-        _cost(tokens, c, d, 2, io),
-        interpret,
-        sums=range(1, 4),
-    )  # fmt: skip  "arbitrary": the steps sum the weights' gradients.
+        kernel, args, tokens // block, specs, out_specs, out_shape, "arbitrary", cost, interpret, sums=range(1, 4)
+    )
     return orient(dx, cx), dscale.reshape(c), dshift.reshape(c), (dw.T if transposed else dw)
 
 

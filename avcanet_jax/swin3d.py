@@ -440,7 +440,7 @@ class PatchMerging(nnx.Module):
         rows, out = x.reshape(-1, x.shape[-1]), self.reduction.out_features
         if not (self.fused and fused_norm.pays(rows.shape[-1], out, window_attention.per_device_count(len(rows)))):
             return self.reduction(self.norm(x))
-        (rows, kernel) = nnx.nn.dtypes.promote_dtype((rows, self.reduction.kernel[...]), dtype=self.reduction.dtype)
+        rows, kernel = nnx.nn.dtypes.promote_dtype((rows, self.reduction.kernel[...]), dtype=self.reduction.dtype)
         out = fused_norm.norm_linear(rows, self.norm.scale[...], self.norm.bias[...], self.norm.epsilon, kernel)
         return out.reshape(*x.shape[:-1], -1)
 
