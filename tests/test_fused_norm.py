@@ -1,5 +1,5 @@
-"""The fused LayerNorm (+ bias-free Linear) kernel against flax's LayerNorm and XLA's product: forward,
-every gradient, every orientation of rows in and out, bfloat16, a sharded mesh.
+"""The fused LayerNorm and bias-free Linear kernel (patch merging) against flax's LayerNorm and XLA's product:
+forward, every gradient, every orientation of rows in and out, bfloat16, a sharded mesh.
 
 The kernel runs in Pallas's interpreter on CPU: the same kernel body, blocks and grid as on a TPU.
 """
