@@ -41,11 +41,17 @@ def _product(a, b, ca: int, cb: int):
     return jax.lax.dot_general(a, b, (((ca,), (cb,)), ((), ())), preferred_element_type=accumulator(a.dtype))
 
 
-@functools.cache
 def _axes(c: int, d: int) -> tuple[int, int]:
     """The channel axis of an input block (rows C wide) and of an output block (rows D wide): 0 for C-major
     blocks [C, tokens], 1 for row-major ones [tokens, C]."""
     return (0 if c % LANES else 1), (0 if d % LANES else 1)
+
+
+def _block(tokens: int, c: int, d: int, itemsize: int = 2) -> int:
+    """Tokens per grid step (`fused_mlp.block_tokens`), in whole lanes where either side is C-major; 0 when
+    no block fits VMEM."""
+    cx, cy = _axes(c, d)
+    return block_tokens(tokens, max(c, d), not (cx and cy), itemsize)
 
 
 def _transposed(cx: int, cy: int) -> bool:
@@ -93,7 +99,7 @@ def _call(x, scale, shift, w, eps, interpret, dy=None):
     backward one (-> the gradients of x, scale, shift and w)."""
     (tokens, c), d, acc = x.shape, w.shape[1], accumulator(x.dtype)
     cx, cy = _axes(c, d)
-    block = block_tokens(tokens, max(c, d), not (cx and cy), x.dtype.itemsize)
+    block = _block(tokens, c, d, x.dtype.itemsize)
     orient = lambda a, axis: a if axis else a.T  # noqa: E731  A token-major array, channel axis `axis`.
     vector = lambda v: orient(v.reshape(1, -1), cx).astype(acc)  # noqa: E731  Broadcast over the tokens.
     args = (orient(x, cx), vector(scale), vector(shift))
@@ -142,8 +148,7 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def pays(c: int, d: int, tokens: int) -> bool:
     """Whether the kernel serves `tokens` rows C wide (D wide out): whether a grid step's block fits VMEM."""
-    cx, cy = _axes(c, d)
-    return block_tokens(tokens, max(c, d), not (cx and cy)) > 0
+    return _block(tokens, c, d) > 0
 
 
 def norm_linear(rows: jax.Array, scale, shift, eps: float, w, interpret: bool | None = None) -> jax.Array:

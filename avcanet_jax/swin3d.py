@@ -437,12 +437,14 @@ class PatchMerging(nnx.Module):
         x = jnp.pad(x, ((0, 0), (0, 0), (0, h % 2), (0, w % 2), (0, 0)))
         parts = [x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]]
         x = jnp.concatenate(parts, axis=-1)
-        rows, out = x.reshape(-1, x.shape[-1]), self.reduction.out_features
-        if not (self.fused and fused_norm.pays(rows.shape[-1], out, window_attention.per_device_count(len(rows)))):
+        tokens, width = math.prod(x.shape[:-1]), self.reduction.out_features
+        if not (self.fused and fused_norm.pays(x.shape[-1], width, window_attention.per_device_count(tokens))):
             return self.reduction(self.norm(x))
-        rows, kernel = nnx.nn.dtypes.promote_dtype((rows, self.reduction.kernel[...]), dtype=self.reduction.dtype)
+        rows, kernel = nnx.nn.dtypes.promote_dtype(
+            (x.reshape(tokens, -1), self.reduction.kernel[...]), dtype=self.reduction.dtype
+        )
         out = fused_norm.norm_linear(rows, self.norm.scale[...], self.norm.bias[...], self.norm.epsilon, kernel)
-        return out.reshape(*x.shape[:-1], -1)
+        return out.reshape(*x.shape[:-1], width)
 
 
 class PatchEmbed3d(nnx.Module):

@@ -35,11 +35,10 @@ def test_spec_replicates_dimensions_the_mesh_does_not_divide():
 
 def test_optimizer_state_split_over_an_axis_takes_the_first_free_dimension_it_divides():
     mesh = sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
-    split = lambda spec, shape, min_size=0: (
-        sharding.split_over(  # noqa: E731
-            jax.sharding.NamedSharding(mesh, spec), shape, "data", min_size
-        ).spec
-    )
+
+    def split(spec, shape, min_size=0):
+        return sharding.split_over(jax.sharding.NamedSharding(mesh, spec), shape, "data", min_size).spec
+
     assert split(P(), (3, 3, 64, 64)) == P(None, None, "data", None)  # 3 is not divisible by 4.
     assert split(P("fsdp", None), (64, 128)) == P("fsdp", "data")  # fsdp splits the first already.
     assert split(P("tensor", None), (64, 128)) == P("data", None)  # tensor has size 1: no split there.
