@@ -12,6 +12,9 @@ As the other kernels (`fused_mlp`, `window_attention.sublayer`), it holds rows n
 C-major ([C, tokens] blocks, as XLA holds them), wider ones row-major, on each side independently: the
 first patch merging reads 384-wide rows and writes 192-wide ones. Runs on CPU in Pallas's interpreter
 (tests) and compiles for TPUs.
+
+`layer_norm` is the same kernel without the product: the patch embedding's LayerNorm on stage 1's token
+rows, which XLA ran as several passes over the [tokens, 96] rows in both directions.
 """
 
 from __future__ import annotations
@@ -61,28 +64,49 @@ def _transposed(cx: int, cy: int) -> bool:
     return bool(cx and not cy)
 
 
-def _forward_kernel(x_ref, scale_ref, shift_ref, w_ref, out_ref, *, eps: float, cx: int, cy: int):
-    """`w_ref`: the weights as [C, D] for a row-major output, as [D, C] for a C-major one."""
-    xn = normalized(x_ref, scale_ref, shift_ref, eps, axis=cx)[0]
-    y = _product(xn, w_ref[...], cx, 0) if cy else _product(w_ref[...], xn, 1, cx)
+def _rows(x_ref, bias_ref):
+    """A block's rows, plus the bias added before the LayerNorm where there is one (rounded to the rows'
+    dtype, as XLA rounds a convolution's output plus its bias)."""
+    x = x_ref[...]
+    return x if bias_ref is None else x + bias_ref[...].astype(x.dtype)
+
+
+def _forward_kernel(x_ref, scale_ref, shift_ref, *refs, eps: float, cx: int, cy: int, product: bool):
+    """`refs`: the weights (`product`: [C, D] for a row-major output, [D, C] for a C-major one) or the bias
+    added before the LayerNorm, or neither; then the output."""
+    *extra, out_ref = refs
+    w_ref, bias_ref = (extra[0], None) if product else (None, extra[0] if extra else None)
+    y = normalized(_rows(x_ref, bias_ref), scale_ref, shift_ref, eps, axis=cx)[0]
+    if w_ref is not None:
+        y = _product(y, w_ref[...], cx, 0) if cy else _product(w_ref[...], y, 1, cx)
     out_ref[...] = y.astype(out_ref.dtype)  # Rounded to the rows' dtype, as XLA's product.
 
 
-def _backward_kernel(*refs, eps: float, cx: int, cy: int):
-    """`w_ref` and `dw_ref` as [D, C] or [C, D] (`_transposed`)."""
-    x_ref, scale_ref, shift_ref, w_ref, dy_ref, dx_ref, dscale_ref, dshift_ref, dw_ref = refs
-    zero_on_first_step(dscale_ref, dshift_ref, dw_ref)
-    xn, xhat, rstd = normalized(x_ref, scale_ref, shift_ref, eps, axis=cx)
-    dy, w, tokens = dy_ref[...], w_ref[...], 1 - cx
-    if _transposed(cx, cy):  # dy [D, tokens], xn [tokens, C], w [D, C].
-        dxn = _product(dy, w, 0, 0)
+def _backward_kernel(x_ref, scale_ref, shift_ref, *refs, eps: float, cx: int, cy: int, product: bool):
+    """`refs`: the forward kernel's weights ([D, C] or [C, D], `_transposed`) or bias, if any, and the output
+    gradient; then the gradients of the rows, scale, shift and the weights or bias."""
+    n = (len(refs) - 4) // 2  # 0 or 1 weights or bias.
+    (dy_ref, dx_ref, dscale_ref, dshift_ref), extra, dextra = refs[n : n + 4], refs[:n], refs[n + 4 :]
+    w_ref, dw_ref = (extra[0], dextra[0]) if product else (None, None)
+    bias_ref, dbias_ref = (None, None) if product or not n else (extra[0], dextra[0])
+    zero_on_first_step(dscale_ref, dshift_ref, *dextra)
+    xn, xhat, rstd = normalized(_rows(x_ref, bias_ref), scale_ref, shift_ref, eps, axis=cx)
+    dy, tokens = dy_ref[...], 1 - cx
+    if w_ref is None:
+        dxn = dy.astype(xhat.dtype)
+    elif _transposed(cx, cy):  # dy [D, tokens], xn [tokens, C], w [D, C].
+        dxn = _product(dy, w_ref[...], 0, 0)
         dw_ref[...] += _product(dy, xn, 1, 0)
     else:
+        w = w_ref[...]
         dxn = _product(dy, w, cy, 1) if cx else _product(w, dy, 1, cy)
         dw_ref[...] += _product(xn, dy, tokens, 1 - cy)
     dscale_ref[...] += (dxn * xhat).sum(axis=tokens, keepdims=True)
     dshift_ref[...] += dxn.sum(axis=tokens, keepdims=True)
-    dx_ref[...] = layer_norm_backward(dxn, xhat, rstd, scale_ref, axis=cx).astype(dx_ref.dtype)
+    dx = layer_norm_backward(dxn, xhat, rstd, scale_ref, axis=cx)
+    if dbias_ref is not None:
+        dbias_ref[...] += dx.sum(axis=tokens, keepdims=True)
+    dx_ref[...] = dx.astype(dx_ref.dtype)
 
 
 def _cost(tokens: int, c: int, d: int, products: int, io_bytes: int) -> pl.CostEstimate:
@@ -94,53 +118,66 @@ def _cost(tokens: int, c: int, d: int, products: int, io_bytes: int) -> pl.CostE
     return pl.CostEstimate(flops=max(matrix, vector), transcendentals=tokens, bytes_accessed=io_bytes)
 
 
-def _call(x, scale, shift, w, eps, interpret, dy=None):
-    """The forward kernel on rows `x` [tokens, C] (-> LayerNorm(x) @ w, [tokens, D]), or with `dy` the
-    backward one (-> the gradients of x, scale, shift and w)."""
-    (tokens, c), d, acc = x.shape, w.shape[1], accumulator(x.dtype)
+def _call(x, scale, shift, w, bias, eps, interpret, dy=None):
+    """The forward kernel on rows `x` [tokens, C] (-> LayerNorm(x) @ w, [tokens, D]; for `w` None,
+    LayerNorm(x + bias), `bias` [C] or None), or with `dy` the backward one (-> the gradients of x, scale,
+    shift, w and bias)."""
+    (tokens, c), acc = x.shape, accumulator(x.dtype)
+    d = c if w is None else w.shape[1]
     cx, cy = _axes(c, d)
     block = _block(tokens, c, d, x.dtype.itemsize)
     orient = lambda a, axis: a if axis else a.T  # noqa: E731  A token-major array, channel axis `axis`.
     vector = lambda v: orient(v.reshape(1, -1), cx).astype(acc)  # noqa: E731  Broadcast over the tokens.
     args = (orient(x, cx), vector(scale), vector(shift))
-    specs = [token_blocks(c, block, not cx), resident(args[1].shape), resident(args[2].shape)]
-    io = (tokens * c + tokens * d) * x.dtype.itemsize + w.size * w.dtype.itemsize
+    transposed = _transposed(cx, cy)
+    if w is not None:  # As [C, D] or [D, C]: see the kernels.
+        args += (w.T if (not cy if dy is None else transposed) else w,)
+    elif bias is not None:
+        args += (vector(bias),)
+    specs = [token_blocks(c, block, not cx)] + [resident(a.shape) for a in args[1:]]
+    products, w_bytes = (0, 0) if w is None else (1, w.size * w.dtype.itemsize)
+    io = (tokens * c + tokens * d) * x.dtype.itemsize + w_bytes
+    kernel_args = dict(eps=eps, cx=cx, cy=cy, product=bool(products))
     if dy is None:
-        args += (w if cy else w.T,)
-        specs.append(resident(args[-1].shape))
         out_shape = jax.ShapeDtypeStruct((tokens, d) if cy else (d, tokens), x.dtype)
-        kernel, cost = functools.partial(_forward_kernel, eps=eps, cx=cx, cy=cy), _cost(tokens, c, d, 1, io)
+        kernel, cost = functools.partial(_forward_kernel, **kernel_args), _cost(tokens, c, d, products, io)
         out_specs = token_blocks(d, block, not cy)
         out = run_kernel(kernel, args, tokens // block, specs, out_specs, out_shape, "parallel", cost, interpret)
         return orient(out, cy)
-    transposed = _transposed(cx, cy)
-    args += (w.T if transposed else w, orient(dy, cy))
-    specs += [resident(args[3].shape), token_blocks(d, block, not cy)]
-    shapes = [(args[0].shape, x.dtype), (args[1].shape, acc), (args[2].shape, acc), (args[3].shape, w.dtype)]
-    out_shape = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
-    out_specs = specs[:3] + [resident(args[3].shape)]
-    io += tokens * c * x.dtype.itemsize + w.size * w.dtype.itemsize  # dx, and the weights' gradient.
-    kernel, cost = functools.partial(_backward_kernel, eps=eps, cx=cx, cy=cy), _cost(tokens, c, d, 2, io)
-    # "arbitrary": the grid steps sum the LayerNorm's and the weights' gradients (outputs 1 to 3).
-    dx, dscale, dshift, dw = run_kernel(
-        kernel, args, tokens // block, specs, out_specs, out_shape, "arbitrary", cost, interpret, sums=range(1, 4)
-    )
-    return orient(dx, cx), dscale.reshape(c), dshift.reshape(c), (dw.T if transposed else dw)
+    # The gradients of the inputs, in their blocks: the rows' and weights' in their dtypes, the vectors' in
+    # float32 (float64 for float64 rows).
+    dtypes = [x.dtype, acc, acc] + [w.dtype if products else acc] * (len(args) - 3)
+    out_shape = [jax.ShapeDtypeStruct(a.shape, dtype) for a, dtype in zip(args, dtypes, strict=True)]
+    out_specs = list(specs)
+    args += (orient(dy, cy),)
+    specs.append(token_blocks(d, block, not cy))
+    io += tokens * c * x.dtype.itemsize + w_bytes  # dx, and the weights' gradient.
+    kernel, cost = functools.partial(_backward_kernel, **kernel_args), _cost(tokens, c, d, 2 * products, io)
+    # "arbitrary": the grid steps sum the gradients of the LayerNorm and the weights or bias (outputs 1-3).
+    dx, dscale, dshift, *dextra = run_kernel(
+        kernel, args, tokens // block, specs, out_specs, out_shape, "arbitrary", cost, interpret,
+        sums=range(1, len(out_shape)),
+    )  # fmt: skip
+    (extra,), dw, dbias = dextra or (None,), None, None
+    if products:
+        dw = extra.T if transposed else extra
+    elif bias is not None:
+        dbias = extra.reshape(c)
+    return orient(dx, cx), dscale.reshape(c), dshift.reshape(c), dw, dbias
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _fused(x, scale, shift, w, eps, interpret):
-    return _call(x, scale, shift, w, eps, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _fused(x, scale, shift, w, bias, eps, interpret):
+    return _call(x, scale, shift, w, bias, eps, interpret)
 
 
-def _fused_fwd(x, scale, shift, w, eps, interpret):
-    return _call(x, scale, shift, w, eps, interpret), (x, scale, shift, w)
+def _fused_fwd(x, scale, shift, w, bias, eps, interpret):
+    return _call(x, scale, shift, w, bias, eps, interpret), (x, scale, shift, w, bias)
 
 
 def _fused_bwd(eps, interpret, residuals, dy):
-    dx, dscale, dshift, dw = _call(*residuals, eps, interpret, dy)
-    _, scale, shift, w = residuals
-    return dx, dscale.astype(scale.dtype), dshift.astype(shift.dtype), dw.astype(w.dtype)
+    grads = _call(*residuals, eps, interpret, dy)
+    return tuple(None if g is None else g.astype(r.dtype) for g, r in zip(grads, residuals, strict=True))
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -155,4 +192,11 @@ def norm_linear(rows: jax.Array, scale, shift, eps: float, w, interpret: bool | 
     """LayerNorm(rows) @ w of token rows [N, C] (LayerNorm weights `scale`, `shift`, epsilon `eps`, computed
     in float32 as flax's; `w` [C, D] in the rows' dtype) as one Pallas kernel per device, each on its share
     of the rows under a mesh that shards the batch."""
-    return per_device(lambda r, *weights: _fused(r, *weights, eps, interpret), rows, scale, shift, w)
+    return per_device(lambda r, s, b, w: _fused(r, s, b, w, None, eps, interpret), rows, scale, shift, w)
+
+
+def layer_norm(rows: jax.Array, scale, shift, eps: float, bias=None, interpret: bool | None = None) -> jax.Array:
+    """LayerNorm(rows + bias) of token rows [N, C] (`bias` [C] or None), as `norm_linear` without the
+    product: the patch embedding's LayerNorm with its convolution's bias, whose gradient (a sum over every
+    token) the backward kernel then sums from values on chip instead of XLA in a pass of its own."""
+    return per_device(lambda r, *v: _fused(r, *v[:2], None, v[2], eps, interpret), rows, scale, shift, bias)

@@ -36,10 +36,10 @@ def assert_same_value_and_grads(loss, reference, args, argnums, rtol: float = 1e
 
 
 def assert_bfloat16_close_and_sharded_equal(loss, reference, args):
-    """`loss` on bfloat16 `args` within bfloat16 rounding of `reference` on them in float32 (the rows' and
-    first weight's gradients in bfloat16); and under a (2, 2, 2) mesh whose data and fsdp axes split the
-    rows (`args[0]`), `loss` in float32 equal to `reference`: each device runs its own rows, and its share
-    of every weight's gradient is summed over devices."""
+    """`loss` on bfloat16 `args` within bfloat16 rounding of `reference` on them in float32 (each gradient
+    in its argument's dtype); and under a (2, 2, 2) mesh whose data and fsdp axes split the rows
+    (`args[0]`), `loss` in float32 equal to `reference`: each device runs its own rows, and its share of
+    every weight's gradient is summed over devices."""
     import flax.linen as nn
 
     from avcanet_jax import window_attention
@@ -49,7 +49,7 @@ def assert_bfloat16_close_and_sharded_equal(loss, reference, args):
     argnums = tuple(range(len(args)))
     value, grads = jax.value_and_grad(loss, argnums=argnums)(*args)
     want_value, want = jax.value_and_grad(reference, argnums=argnums)(*exact)
-    assert grads[0].dtype == grads[3].dtype == args[0].dtype
+    assert all(g.dtype == a.dtype for g, a in zip(grads, args, strict=True))
     np.testing.assert_allclose(value, want_value, rtol=3e-2)
     for g, w in zip(grads, want, strict=True):
         np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=3e-2 * float(np.abs(w).max()))

@@ -1,5 +1,6 @@
 """The fused LayerNorm and bias-free Linear kernel (patch merging) against flax's LayerNorm and XLA's product:
-forward, every gradient, every orientation of rows in and out, bfloat16, a sharded mesh.
+forward, every gradient, every orientation of rows in and out, bfloat16, a sharded mesh; and the same
+kernel as a LayerNorm alone (the patch embedding's).
 
 The kernel runs in Pallas's interpreter on CPU: the same kernel body, blocks and grid as on a TPU.
 """
@@ -37,13 +38,18 @@ def _loss(fused: bool):
     """A loss of (rows, scale, shift, w) through LayerNorm and the product: the kernel, or flax's LayerNorm
     and XLA's product (the Swin modules' path)."""
 
-    def loss(rows, scale, shift, w):
+    def loss(rows, scale, shift, w=None, bias=None):
         if fused:
-            out = fused_norm.norm_linear(rows, scale, shift, 1e-5, w)
+            out = (
+                fused_norm.layer_norm(rows, scale, shift, 1e-5, bias)
+                if w is None
+                else fused_norm.norm_linear(rows, scale, shift, 1e-5, w)
+            )
         else:
             norm = nnx.LayerNorm(rows.shape[-1], epsilon=1e-5, dtype=rows.dtype, rngs=nnx.Rngs(0))
             norm.scale[...], norm.bias[...] = scale, shift
-            out = norm(rows) @ w
+            rows = rows if bias is None else rows + bias.astype(rows.dtype)
+            out = norm(rows) if w is None else norm(rows) @ w
         weights = jnp.cos(jnp.arange(out.shape[-1], dtype=jnp.float32))
         return (out.astype(jnp.float32) * weights).sum()
 
@@ -68,3 +74,26 @@ def test_the_fused_norm_equals_layer_norm_and_product(c, d, monkeypatch):
 
 def test_the_fused_norm_in_bfloat16_and_under_a_sharded_mesh():
     assert_bfloat16_close_and_sharded_equal(_loss(True), _loss(False), _inputs(256, 24, jnp.bfloat16))
+
+
+def _norm_loss(fused: bool):
+    """`_loss` of (rows, scale, shift, bias): LayerNorm(rows + bias), no product."""
+    return lambda rows, scale, shift, bias: _loss(fused)(rows, scale, shift, None, bias)
+
+
+@pytest.mark.parametrize("c", [256, 24])
+def test_the_kernel_as_a_layer_norm_alone(c, monkeypatch):
+    """Without weights the kernel is LayerNorm(rows + bias) (the patch embedding's LayerNorm with its
+    convolution's bias), C-major for narrow rows (the embedding's 96), in three grid steps, in float32, in
+    bfloat16 and under a sharded mesh; and without a bias, LayerNorm(rows)."""
+    monkeypatch.setattr(fused_mlp, "HIDDEN_BYTES", 128 * c * 4)
+    rows, scale, shift, _ = _inputs(c, c)
+    bias = jnp.asarray(np.random.default_rng(8).standard_normal(c), jnp.float32)
+    assert_same_value_and_grads(_norm_loss(True), _norm_loss(False), (rows, scale, shift, bias), (0, 1, 2, 3))
+    assert_same_value_and_grads(_loss(True), _loss(False), (rows, scale, shift), (0, 1, 2))
+    jaxpr = jax.make_jaxpr(lambda r: fused_norm.layer_norm(r, scale, shift, 1e-5, bias))(rows)
+    shape = rows.T.shape if c % 128 else rows.shape
+    assert {v.aval.shape for v in pallas_results(jaxpr.jaxpr)} == {shape}
+    assert shape in {v.aval.shape for v in pallas_operands(jaxpr.jaxpr)}
+    low = _inputs(c, c, jnp.bfloat16)[:3] + (bias,)
+    assert_bfloat16_close_and_sharded_equal(_norm_loss(True), _norm_loss(False), low)

@@ -281,13 +281,15 @@ def test_window_attention_implementations_match_the_reference_path(size, monkeyp
     LayerNorm, projections, attention and residual run as one kernel (the LayerNorms' gradients included). At
     both sizes each block's second LayerNorm, MLP and residual run as one kernel too (`fused_mlp`), on
     C-major rows in stages 1-3 and row-major ones in stage 4 (128 wide). Each patch merging's LayerNorm and
-    reduction run as a kernel as well (`fused_norm`)."""
+    reduction run as a kernel as well (`fused_norm`), and where stage 1's first windows need no padding,
+    the patch embedding's bias and LayerNorm on its rows in their order (after the convolution on planes)."""
     from avcanet_jax import fused_norm
     from avcanet_jax.layers import Precision
 
-    norms = []
-    norm_linear = fused_norm.norm_linear
+    norms, embedded = [], []
+    norm_linear, layer_norm = fused_norm.norm_linear, fused_norm.layer_norm
     monkeypatch.setattr(fused_norm, "norm_linear", lambda rows, *a: norms.append(rows.shape) or norm_linear(rows, *a))
+    monkeypatch.setattr(fused_norm, "layer_norm", lambda rows, *a: embedded.append(rows.shape) or layer_norm(rows, *a))
 
     cfg = SwinConfig(embed_dim=16, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 4))  # Block 2 of stage 1 is shifted.
     block = SwinTransformer3d(cfg, nnx.Rngs(0)).stages[0][0]
@@ -306,10 +308,11 @@ def test_window_attention_implementations_match_the_reference_path(size, monkeyp
                 for block in blocks
             ]
             assert fused == [impl == "pallas"] * 5
-            norms.clear()
+            norms.clear(), embedded.clear()
             out, g = nnx.jit(lambda m: (m(x), nnx.grad(lambda m: (m(x) ** 2).sum())(m)))(model)
-            # Traced twice (the output, the gradient): each merging's rows, 4C wide.
+            # Traced twice (the output, the gradient): each merging's rows, 4C wide; stage 1's rows.
             assert [c for _, c in norms] == ([] if impl == "xla" else [64, 128, 256] * 2)
+            assert embedded == ([(2 * 14 * 14, 16)] * 2 if impl == "pallas" and size == 56 else [])
             outs.append(np.asarray(out))
             grads.append([np.asarray(v) for v in jax.tree.leaves(nnx.state(g, nnx.Param))])
     # The kernel computes the softmax in float32, as the reference does, and also its backward there
