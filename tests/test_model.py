@@ -343,16 +343,22 @@ def test_approximate_gelu_is_the_tanh_form_in_every_swin_mlp():
 
 def test_tpus_regroup_by_products_only_where_windows_shift():
     """Lowered for a TPU, moving rows between the map and unshifted windows is a transpose (no product);
-    into or out of shifted ones it takes the one-hot products."""
+    into or out of shifted ones it is the row-permutation kernel where that serves the rows (narrower
+    than whole lanes, maps of at most `row_permutation.MAX_TOKENS`), else the one-hot products."""
     from avcanet_jax.swin3d import regroup
 
-    shape = (2, 4, 28, 28, 8)
-    whole, plain, shifted = (Windows.whole(shape), Windows.of(shape, (8, 7, 7), (0, 0, 0)),
-                             Windows.of(shape, (8, 7, 7), (4, 3, 3)))  # fmt: skip
-    rows = jnp.zeros((math.prod(shape[:-1]), shape[-1]), jnp.bfloat16)
-    for src, dst, products in ((whole, plain, 0), (plain, whole, 0), (plain, shifted, 2), (shifted, whole, 2)):
-        lowered = jax.jit(partial(regroup, src=src, dst=dst)).trace(rows).lower(lowering_platforms=("tpu",))
-        assert lowered.as_text().count("dot_general") == products, (src, dst)
+    for shape, shifted_by in (((8, 4, 14, 14, 8), "kernel"), ((8, 4, 14, 14, 128), "products"),
+                              ((2, 4, 28, 28, 8), "products")):  # fmt: skip
+        c = shape[-1]
+        whole, plain, shifted = (Windows.whole(shape), Windows.of(shape, (8, 7, 7), (0, 0, 0)),
+                                 Windows.of(shape, (8, 7, 7), (4, 3, 3)))  # fmt: skip
+        rows = jnp.zeros((math.prod(shape[:-1]), shape[-1]), jnp.bfloat16)
+        for src, dst, way in ((whole, plain, None), (plain, whole, None), (plain, shifted, shifted_by),
+                              (shifted, whole, shifted_by)):  # fmt: skip
+            lowered = jax.jit(partial(regroup, src=src, dst=dst)).trace(rows).lower(lowering_platforms=("tpu",))
+            text = lowered.as_text()
+            assert text.count("dot_general") == (2 if way == "products" else 0), (c, src, dst)
+            assert text.count("tpu_custom_call") == (way == "kernel"), (c, src, dst)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
