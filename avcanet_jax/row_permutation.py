@@ -30,6 +30,7 @@ from avcanet_jax.window_attention import LANES, MXU, per_device, resident, run_k
 # Examples of at most this many tokens (measured: 784 pays, 3,136 does not; between, unmeasured). Their
 # one-hot matrix stays in VMEM for the whole grid: 2 MB in bfloat16 at this bound.
 MAX_TOKENS = 1024
+SUBLANE_ROWS = 16  # A bfloat16 tile's rows (8 for float32): each example's rows start on a tile.
 
 
 def _examples_per_block(m: int, examples: int) -> int:
@@ -43,13 +44,15 @@ def _examples_per_block(m: int, examples: int) -> int:
 
 def serves(m: int, c: int, rows: int) -> bool:
     """Whether the kernel takes `rows` token rows C wide (per device), m per example: rows narrower than
-    whole lanes (held C-major), examples small enough for their matrix to stay in VMEM, and blocks of
-    whole examples that fill whole tiles."""
-    return c % LANES != 0 and m <= MAX_TOKENS and rows % m == 0 and _examples_per_block(m, rows // m) > 0
+    whole lanes (held C-major), examples small enough for their matrix to stay in VMEM and whose rows,
+    once turned, fill whole sublane tiles (16 bfloat16 rows), and blocks of whole examples that fill
+    whole lane tiles."""
+    fits = c % LANES != 0 and m <= MAX_TOKENS and m % SUBLANE_ROWS == 0 and rows % m == 0
+    return fits and _examples_per_block(m, rows // m) > 0
 
 
 def _kernel(x_ref, p_ref, o_ref, *, examples: int, m: int):
-    x = x_ref[...].T  # [examples * m, C]: each example's rows a whole number of sublane tiles.
+    x = x_ref[...].T  # [examples * m, C]: each example's rows whole sublane tiles (`serves`).
     p = p_ref[...]
     acc = jnp.promote_types(x.dtype, jnp.float32)
     exact = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None  # float32 rows: no bfloat16 passes.
@@ -63,9 +66,9 @@ def _kernel(x_ref, p_ref, o_ref, *, examples: int, m: int):
 def _call(rows: jax.Array, matrix: jax.Array, interpret) -> jax.Array:
     n, c = rows.shape
     m = matrix.shape[0]
-    examples = _examples_per_block(m, n // m)
     if not serves(m, c, n):
         raise ValueError(f"row_permutation: {n} rows {c} wide in examples of {m} are not what it serves")
+    examples = _examples_per_block(m, n // m)
     block = examples * m
     spec = pl.BlockSpec((c, block), lambda i: (0, i))
     itemsize = rows.dtype.itemsize

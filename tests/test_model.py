@@ -308,7 +308,8 @@ def test_window_attention_implementations_match_the_reference_path(size, monkeyp
                 for block in blocks
             ]
             assert fused == [impl == "pallas"] * 5
-            norms.clear(), embedded.clear()
+            norms.clear()
+            embedded.clear()
             out, g = nnx.jit(lambda m: (m(x), nnx.grad(lambda m: (m(x) ** 2).sum())(m)))(model)
             # Traced twice (the output, the gradient): each merging's rows, 4C wide; stage 1's rows.
             assert [c for _, c in norms] == ([] if impl == "xla" else [64, 128, 256] * 2)

@@ -27,7 +27,7 @@ def _grad(fn, rows, like):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize("shape", [(8, 4, 14, 14, 24), (16, 2, 14, 14, 8)])  # Stage 2's map; T = 2.
+@pytest.mark.parametrize("shape", [(8, 4, 14, 14, 24), (16, 2, 28, 14, 8)])  # Stage 2's map; another.
 def test_the_kernel_regroups_exactly_as_maps_and_rows(dtype, shape):
     """Into the plain windows, on to the shifted ones, back to the map: each the same rows as
     `dst.rows(src.map(rows))`, and the same gradient (the kernel with the transposed matrix)."""
@@ -70,8 +70,9 @@ def test_the_kernel_under_a_sharded_mesh():
 
 def test_where_the_kernel_declines():
     """Rows as wide as whole lanes (XLA holds them row-major), examples whose matrix would not stay in VMEM,
-    and examples too few for a block of whole tiles."""
+    examples too few for a block of whole tiles, and examples that do not fill whole sublane tiles."""
     assert row_permutation.serves(784, 192, 8 * 784)
     assert not row_permutation.serves(784, 256, 8 * 784)
     assert not row_permutation.serves(3136, 96, 2 * 3136)  # Stage 1's maps: the products cost more.
     assert not row_permutation.serves(784, 192, 4 * 784)  # 8 examples of 784 rows fill whole tiles.
+    assert not row_permutation.serves(392, 96, 32 * 392)  # 392 rows end half-way through a sublane tile.
