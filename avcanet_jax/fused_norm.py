@@ -130,8 +130,9 @@ def _call(x, scale, shift, w, bias, eps, interpret, dy=None):
     vector = lambda v: orient(v.reshape(1, -1), cx).astype(acc)  # noqa: E731  Broadcast over the tokens.
     args = (orient(x, cx), vector(scale), vector(shift))
     transposed = _transposed(cx, cy)
-    if w is not None:  # As [C, D] or [D, C]: see the kernels.
-        args += (w.T if (not cy if dy is None else transposed) else w,)
+    if w is not None:  # [D, C] for a C-major output going forward, where `_transposed` going backward.
+        as_dc = not cy if dy is None else transposed
+        args += (w.T if as_dc else w,)
     elif bias is not None:
         args += (vector(bias),)
     specs = [token_blocks(c, block, not cx)] + [resident(a.shape) for a in args[1:]]

@@ -25,12 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from avcanet_jax.window_attention import LANES, MXU, per_device, resident, run_kernel
+from avcanet_jax.window_attention import LANES, MXU, per_device, resident, run_kernel, tile_rows
 
 # Examples of at most this many tokens (measured: 784 pays, 3,136 does not; between, unmeasured). Their
 # one-hot matrix stays in VMEM for the whole grid: 2 MB in bfloat16 at this bound.
 MAX_TOKENS = 1024
-SUBLANE_ROWS = 16  # A bfloat16 tile's rows (8 for float32): each example's rows start on a tile.
 
 
 def _examples_per_block(m: int, examples: int) -> int:
@@ -47,7 +46,7 @@ def serves(m: int, c: int, rows: int) -> bool:
     whole lanes (held C-major), examples small enough for their matrix to stay in VMEM and whose rows,
     once turned, fill whole sublane tiles (16 bfloat16 rows), and blocks of whole examples that fill
     whole lane tiles."""
-    fits = c % LANES != 0 and m <= MAX_TOKENS and m % SUBLANE_ROWS == 0 and rows % m == 0
+    fits = c % LANES != 0 and m <= MAX_TOKENS and m % tile_rows(2) == 0 and rows % m == 0  # bf16's 16 rows.
     return fits and _examples_per_block(m, rows // m) > 0
 
 
