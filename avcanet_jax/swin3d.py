@@ -256,42 +256,41 @@ def _reshapes_only(src: Windows, dst: Windows) -> bool:
     return all(_axis(src, k) == _axis(dst, k) or (plain(src, k) and plain(dst, k)) for k in range(3))
 
 
-def permutation_matrix(src: Windows, dst: Windows) -> np.ndarray:
-    """[m, m] one-hot (m tokens per example, neither side padded): row i has its 1 at the `src` row that
-    `dst` puts at row i."""
+def permutation_sources(src: Windows, dst: Windows) -> np.ndarray:
+    """[m] (m tokens per example, neither side padded): the `src` row that `dst` puts at each of its rows."""
     m = math.prod(src.size)
     tokens = np.arange(m).reshape(1, *src.size, 1)
     at_src, at_dst = src.rows(tokens, np)[:, 0], dst.rows(tokens, np)[:, 0]  # The token at each row.
     where = np.empty(m, np.int64)
     where[at_src] = np.arange(m)
-    matrix = np.zeros((m, m), np.float32)
-    matrix[np.arange(m), where[at_dst]] = 1
-    return matrix
+    return where[at_dst]
 
 
 def _by_kernel(rows: jax.Array, src: Windows, dst: Windows) -> bool:
     """Whether a TPU regroups `rows` with `row_permutation` (whole windows on both sides, rows it serves)."""
-    m, c = math.prod(src.size), rows.shape[-1]
+    if src.valid is not None or dst.valid is not None:
+        return False
     tokens = window_attention.per_device_count(rows.shape[0])
-    return src.valid is None and dst.valid is None and row_permutation.serves(m, c, tokens)
+    return row_permutation.serves(permutation_sources(src, dst), rows.shape[-1], tokens)
 
 
 def regroup(rows: jax.Array, src: Windows, dst: Windows) -> jax.Array:
     """Token rows in `src`'s window order -> in `dst`'s (either may be `Windows.whole`: the map).
 
-    On TPUs, where windows shift or pad: by `row_permutation.permute` (a one-hot product per example in a
-    Pallas kernel, reading and writing the C-major rows as they are) where neither side pads and it
-    serves the rows (Swin-T's stage 2 at 112-pixel crops: the base recipe's step on a v5e 35.01 -> 34.43
-    million cycles); else by `regroup_by_products`, whose products XLA fuses with their neighbours where
-    it would copy for each transpose and for `jnp.roll` (51.1 -> 48.9 million, when it was the only
-    way). Where they only split or join (`_reshapes_only`), and on other platforms, as `src.map` then
-    `dst.rows`, which cost no arithmetic: on a v5e that is one transpose, against the same transpose after
-    two products (stage 1 into its first windows, forward and backward: 1.65 -> 1.06 M cycles)."""
+    On TPUs, where windows shift or pad: by `row_permutation.permute` (one-hot products in a Pallas kernel,
+    reading and writing the C-major rows as they are) where neither side pads and it serves the rows
+    (Swin-T's stages 1 and 2 at 112-pixel crops: the base recipe's step on a v5e 35.01 -> 34.43 million
+    cycles with stage 2's, -> 33.54 with stage 1's too); else by `regroup_by_products`, whose products XLA
+    fuses with their neighbours where it would copy for each transpose and for `jnp.roll` (51.1 -> 48.9
+    million, when it was the only way). Where they only split or join (`_reshapes_only`), and on other
+    platforms, as `src.map` then `dst.rows`, which cost no arithmetic: on a v5e that is one transpose,
+    against the same transpose after two products (stage 1 into its first windows, forward and backward:
+    1.65 -> 1.06 M cycles)."""
     by_maps = lambda r: dst.rows(src.map(r))  # noqa: E731
     if _reshapes_only(src, dst):
         return by_maps(rows)
     if _by_kernel(rows, src, dst):
-        tpu = lambda r: row_permutation.permute(r, permutation_matrix(src, dst))  # noqa: E731
+        tpu = lambda r: row_permutation.permute(r, permutation_sources(src, dst))  # noqa: E731
     else:
         tpu = lambda r: regroup_by_products(r, src, dst)  # noqa: E731
     return jax.lax.platform_dependent(rows, tpu=tpu, default=by_maps)

@@ -345,11 +345,12 @@ def test_approximate_gelu_is_the_tanh_form_in_every_swin_mlp():
 def test_tpus_regroup_by_products_only_where_windows_shift():
     """Lowered for a TPU, moving rows between the map and unshifted windows is a transpose (no product);
     into or out of shifted ones it is the row-permutation kernel where that serves the rows (narrower
-    than whole lanes, maps of at most `row_permutation.MAX_TOKENS`), else the one-hot products."""
+    than whole lanes; stage 2's maps by its dense plan, stage 1's by its tiled one), else the one-hot
+    products."""
     from avcanet_jax.swin3d import regroup
 
     for shape, shifted_by in (((8, 4, 14, 14, 8), "kernel"), ((8, 4, 14, 14, 128), "products"),
-                              ((2, 4, 28, 28, 8), "products")):  # fmt: skip
+                              ((2, 4, 28, 28, 8), "kernel")):  # fmt: skip
         c = shape[-1]
         whole, plain, shifted = (Windows.whole(shape), Windows.of(shape, (8, 7, 7), (0, 0, 0)),
                                  Windows.of(shape, (8, 7, 7), (4, 3, 3)))  # fmt: skip
