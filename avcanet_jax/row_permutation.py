@@ -155,6 +155,8 @@ def permute(rows: jax.Array, sources: np.ndarray, interpret: bool | None = None)
     `sources[i]`, as one Pallas kernel per device under a mesh that shards the examples. The gradient is
     the same kernel with the inverse permutation."""
     sources = np.asarray(sources)
+    if not np.array_equal(np.sort(sources), np.arange(sources.size)):
+        raise ValueError("row_permutation: `sources` must be a permutation of each example's rows")
     inverse = np.argsort(sources)
 
     @jax.custom_vjp

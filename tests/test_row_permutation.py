@@ -95,3 +95,5 @@ def test_which_plan_serves_which_rows():
     assert row_permutation.plan(odd, 96, 16 * 392).kind == "tiled"  # 392 rows end mid sublane tile.
     assert not row_permutation.serves(stage2, 256, 8 * 784)
     assert not row_permutation.serves(stage2, 192, 4 * 784)  # 8 examples of 784 rows fill whole tiles.
+    with pytest.raises(ValueError, match="permutation"):
+        row_permutation.permute(jnp.zeros((256, 8)), np.zeros(128, int))  # Not a permutation: no inverse.
