@@ -266,12 +266,14 @@ def permutation_sources(src: Windows, dst: Windows) -> np.ndarray:
     return where[at_dst]
 
 
-def _by_kernel(rows: jax.Array, src: Windows, dst: Windows) -> bool:
-    """Whether a TPU regroups `rows` with `row_permutation` (whole windows on both sides, rows it serves)."""
+def _kernel_sources(rows: jax.Array, src: Windows, dst: Windows) -> np.ndarray | None:
+    """`permutation_sources(src, dst)` where a TPU regroups `rows` with `row_permutation` (whole windows on
+    both sides, rows it serves), else None."""
     if src.valid is not None or dst.valid is not None:
-        return False
+        return None
+    sources = permutation_sources(src, dst)
     tokens = window_attention.per_device_count(rows.shape[0])
-    return row_permutation.serves(permutation_sources(src, dst), rows.shape[-1], tokens)
+    return sources if row_permutation.serves(sources, rows.shape[-1], tokens) else None
 
 
 def regroup(rows: jax.Array, src: Windows, dst: Windows) -> jax.Array:
@@ -289,8 +291,9 @@ def regroup(rows: jax.Array, src: Windows, dst: Windows) -> jax.Array:
     by_maps = lambda r: dst.rows(src.map(r))  # noqa: E731
     if _reshapes_only(src, dst):
         return by_maps(rows)
-    if _by_kernel(rows, src, dst):
-        tpu = lambda r: row_permutation.permute(r, permutation_sources(src, dst))  # noqa: E731
+    sources = _kernel_sources(rows, src, dst)
+    if sources is not None:
+        tpu = lambda r: row_permutation.permute(r, sources)  # noqa: E731
     else:
         tpu = lambda r: regroup_by_products(r, src, dst)  # noqa: E731
     return jax.lax.platform_dependent(rows, tpu=tpu, default=by_maps)
