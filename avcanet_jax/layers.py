@@ -82,6 +82,28 @@ def annotated(init: nnx.Initializer, axes: Sequence[str | None]) -> nnx.Initiali
     return nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
 
 
+class Linear(nnx.Linear):
+    """nnx.Linear that adds its bias to the float32 product, then rounds once to the compute dtype.
+
+    nnx.Linear casts the bias to the compute dtype first: with bfloat16 compute, a cast of every bias
+    every step that XLA runs as an operation of its own (about 1,800 cycles each on a TPU v5e, whatever
+    the size), and two roundings of the output. Here the bias joins the product's fusion: with `LayerNorm`
+    below, the local fusion from 2.73 to 2.32 million cycles of a train step (v5e estimate, README). In
+    float32 it is nnx.Linear. PyTorch's autocast rounds the bias to bfloat16 before its GEMM adds it in
+    float32; keeping it float32 differs from that by at most one rounding of the bias.
+    """
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        x, kernel = self.promote_dtype((inputs, self.kernel[...]), dtype=self.dtype)
+        acc = jnp.promote_types(jnp.float32, x.dtype)
+        y = self.dot_general(
+            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision, preferred_element_type=acc
+        )
+        if self.bias is not None:
+            y = y + self.bias[...].astype(acc)
+        return y.astype(x.dtype)
+
+
 def linear(
     din: int,
     dout: int,
@@ -93,7 +115,7 @@ def linear(
     init: nnx.Initializer = TRUNC_NORMAL,
     bias_init: nnx.Initializer = nnx.initializers.zeros,
 ) -> nnx.Linear:
-    return nnx.Linear(
+    return Linear(
         din,
         dout,
         use_bias=bias,
@@ -112,9 +134,27 @@ def torch_linear(
     return linear(din, dout, axes, rngs, precision, init=TORCH_DEFAULT, bias_init=torch_default_bias(din))
 
 
+class LayerNorm(nnx.LayerNorm):
+    """nnx.LayerNorm over the last axis that normalises, scales and shifts in float32 and rounds once to the
+    compute dtype, as PyTorch's autocast runs `layer_norm` in float32.
+
+    nnx.LayerNorm casts x, scale and shift to the compute dtype and normalises in it: with bfloat16
+    compute, a cast of its two weights every step (separate operations to XLA) and bfloat16 arithmetic.
+    The statistics are Flax's (float32, E[x^2] - E[x]^2 clamped at 0), so in float32 it is nnx.LayerNorm.
+    """
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        acc = jnp.promote_types(jnp.float32, x.dtype)  # float64 stays float64.
+        xa = x.astype(acc)
+        mean = xa.mean(-1, keepdims=True)
+        var = jnp.maximum(0.0, jnp.square(xa).mean(-1, keepdims=True) - jnp.square(mean))
+        y = (xa - mean) * (jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(acc))
+        return (y + self.bias[...].astype(acc)).astype(self.dtype or x.dtype)
+
+
 def layer_norm(dim: int, rngs: nnx.Rngs, precision: Precision = FP32, axis: str | None = "embed") -> nnx.LayerNorm:
     """LayerNorm with PyTorch's epsilon (1e-5), so imported weights give the same outputs."""
-    return nnx.LayerNorm(
+    return LayerNorm(
         dim,
         epsilon=1e-5,
         dtype=precision.dtype,
