@@ -276,7 +276,7 @@ def _kernel_sources(rows: jax.Array, src: Windows, dst: Windows) -> np.ndarray |
     return sources if row_permutation.serves(sources, rows.shape[-1], tokens) else None
 
 
-def regroup(rows: jax.Array, src: Windows, dst: Windows) -> jax.Array:
+def regroup(rows: jax.Array, src: Windows, dst: Windows, reshapes_by_kernel: bool = False) -> jax.Array:
     """Token rows in `src`'s window order -> in `dst`'s (either may be `Windows.whole`: the map).
 
     On TPUs, where windows shift or pad: by `row_permutation.permute` (one-hot products in a Pallas kernel,
@@ -287,11 +287,14 @@ def regroup(rows: jax.Array, src: Windows, dst: Windows) -> jax.Array:
     million, when it was the only way). Where they only split or join (`_reshapes_only`), and on other
     platforms, as `src.map` then `dst.rows`, which cost no arithmetic: on a v5e that is one transpose,
     against the same transpose after two products (stage 1 into its first windows, forward and backward:
-    1.65 -> 1.06 M cycles)."""
+    1.65 -> 1.06 M cycles). `reshapes_by_kernel`: those too by the kernel where it serves the rows, as the
+    patch embedding moves its rows into stage 1's first windows (forward and backward 0.83 -> 0.43 M
+    cycles; stage 2's entry that way left its attention's backward kernel short of VMEM)."""
     by_maps = lambda r: dst.rows(src.map(r))  # noqa: E731
-    if _reshapes_only(src, dst):
+    reshapes = _reshapes_only(src, dst)
+    sources = _kernel_sources(rows, src, dst) if reshapes_by_kernel or not reshapes else None
+    if sources is None and reshapes:
         return by_maps(rows)
-    sources = _kernel_sources(rows, src, dst)
     if sources is not None:
         tpu = lambda r: row_permutation.permute(r, sources)  # noqa: E731
     else:
@@ -483,7 +486,8 @@ class PatchEmbed3d(nnx.Module):
     order, which the backbone takes where it can: the convolution on planar frames, the move into windows,
     then the convolution's bias and the LayerNorm as one Pallas kernel on the rows
     (`fused_norm.layer_norm`). The same weights and values as `__call__`, in fewer passes on a TPU (the
-    base recipe's step on a v5e: 36.36 -> 35.01 million cycles, `python -m avcanet_jax.aot --profile`).
+    base recipe's step on a v5e: 36.36 -> 35.01 million cycles, `python -m avcanet_jax.aot --profile`; the
+    move into windows by the row-permutation kernel instead of XLA's transpose: 33.05 -> 32.63).
     """
 
     def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs, precision: Precision = FP32, fused: bool = False):
@@ -537,7 +541,7 @@ class PatchEmbed3d(nnx.Module):
         if not (self.fused and windows.valid is None and fused_norm.pays(c, c, tokens)):
             return None
         y = self.planar(x)
-        rows = regroup(y.reshape(-1, c), Windows.whole(y.shape), windows)
+        rows = regroup(y.reshape(-1, c), Windows.whole(y.shape), windows, reshapes_by_kernel=True)
         return fused_norm.layer_norm(
             rows, self.norm.scale[...], self.norm.bias[...], self.norm.epsilon, self.proj.bias[...]
         )

@@ -343,10 +343,11 @@ def test_approximate_gelu_is_the_tanh_form_in_every_swin_mlp():
 
 
 def test_tpus_regroup_by_products_only_where_windows_shift():
-    """Lowered for a TPU, moving rows between the map and unshifted windows is a transpose (no product);
-    into or out of shifted ones it is the row-permutation kernel where that serves the rows (narrower
-    than whole lanes; stage 2's maps by its dense plan, stage 1's by its tiled one), else the one-hot
-    products."""
+    """Lowered for a TPU, moving rows between the map and unshifted windows is a transpose (no product),
+    or with `reshapes_by_kernel` (the patch embedding's move into stage 1's windows) the row-permutation
+    kernel where that serves the rows; into or out of shifted ones it is that kernel where it serves the
+    rows (narrower than whole lanes; stage 2's maps by its dense plan, stage 1's by its tiled one), else
+    the one-hot products."""
     from avcanet_jax.swin3d import regroup
 
     for shape, shifted_by in (((8, 4, 14, 14, 8), "kernel"), ((8, 4, 14, 14, 128), "products"),
@@ -361,6 +362,9 @@ def test_tpus_regroup_by_products_only_where_windows_shift():
             text = lowered.as_text()
             assert text.count("dot_general") == (2 if way == "products" else 0), (c, src, dst)
             assert text.count("tpu_custom_call") == (way == "kernel"), (c, src, dst)
+        by_kernel = partial(regroup, src=whole, dst=plain, reshapes_by_kernel=True)
+        text = jax.jit(by_kernel).trace(rows).lower(lowering_platforms=("tpu",)).as_text()
+        assert "dot_general" not in text and text.count("tpu_custom_call") == (shifted_by == "kernel"), c
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
