@@ -82,6 +82,23 @@ def annotated(init: nnx.Initializer, axes: Sequence[str | None]) -> nnx.Initiali
     return nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
 
 
+def accumulator(dtype):
+    """Products accumulate in float32, or in float64 for float64 inputs (tests compare in float64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def normalized(x_ref, scale_ref, shift_ref, eps: float, axis: int = 0):
+    """LayerNorm over C of a block, C its `axis` (0: a [C, tokens] block, the weights [C, 1]; 1 or -1:
+    [.., C], the weights [1, C] or [C]) as flax computes it (in float32, or float64 for float64 tokens;
+    variance E[x^2] - E[x]^2): (normalised tokens in the tokens' dtype, x_hat, 1 / std). The Pallas
+    kernels' LayerNorm (on refs) and `LayerNorm`'s (on arrays and parameters) alike."""
+    x = x_ref[...].astype(accumulator(x_ref.dtype))
+    mean = x.mean(axis=axis, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.maximum((x * x).mean(axis=axis, keepdims=True) - mean * mean, 0.0) + eps)
+    xhat = (x - mean) * rstd
+    return (xhat * scale_ref[...] + shift_ref[...]).astype(x_ref.dtype), xhat, rstd
+
+
 class Linear(nnx.Linear):
     """nnx.Linear that adds its bias to the float32 product, then rounds once to the compute dtype.
 
@@ -95,7 +112,7 @@ class Linear(nnx.Linear):
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         x, kernel = self.promote_dtype((inputs, self.kernel[...]), dtype=self.dtype)
-        acc = jnp.promote_types(jnp.float32, x.dtype)
+        acc = accumulator(x.dtype)
         y = self.dot_general(
             x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision, preferred_element_type=acc
         )
@@ -140,16 +157,12 @@ class LayerNorm(nnx.LayerNorm):
 
     nnx.LayerNorm casts x, scale and shift to the compute dtype and normalises in it: with bfloat16
     compute, a cast of its two weights every step (separate operations to XLA) and bfloat16 arithmetic.
-    The statistics are Flax's (float32, E[x^2] - E[x]^2 clamped at 0), so in float32 it is nnx.LayerNorm.
+    The arithmetic is the kernels' (`normalized`), whose statistics are Flax's, so in float32 it is
+    nnx.LayerNorm up to rounding.
     """
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        acc = jnp.promote_types(jnp.float32, x.dtype)  # float64 stays float64.
-        xa = x.astype(acc)
-        mean = xa.mean(-1, keepdims=True)
-        var = jnp.maximum(0.0, jnp.square(xa).mean(-1, keepdims=True) - jnp.square(mean))
-        y = (xa - mean) * (jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(acc))
-        return (y + self.bias[...].astype(acc)).astype(self.dtype or x.dtype)
+        return normalized(x, self.scale, self.bias, self.epsilon, axis=-1)[0].astype(self.dtype or x.dtype)
 
 
 def layer_norm(dim: int, rngs: nnx.Rngs, precision: Precision = FP32, axis: str | None = "embed") -> nnx.LayerNorm:

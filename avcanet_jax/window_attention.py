@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from avcanet_jax.layers import DEFAULT_RULES
+from avcanet_jax.layers import DEFAULT_RULES, accumulator, normalized
 
 IMPLEMENTATIONS = ("xla", "dot_product", "cudnn", "pallas")
 # Per grid step the kernel holds a block of windows in VMEM, with several float32 [block, V, V] score-sized
@@ -98,11 +98,6 @@ def _heads(qkv, heads: int, h: int):
     c = qkv.shape[-1] // 3
     d = c // heads
     return (qkv[:, :, i * c + h * d : i * c + (h + 1) * d] for i in range(3))
-
-
-def accumulator(dtype):
-    """Products accumulate in float32, or in float64 for float64 inputs (tests compare in float64)."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _probabilities(q, k, bias_ref, mask, h: int, scale: float):
@@ -423,17 +418,6 @@ def block_rows_windows(n: int, nw: int, vol: int, multiple: int = LANES) -> int:
         if n % wb == 0 and (wb * vol) % multiple == 0 and (nw % wb == 0 or wb % nw == 0):
             return wb
     return n
-
-
-def normalized(x_ref, scale_ref, shift_ref, eps: float, axis: int = 0):
-    """LayerNorm over C of a block, C its `axis` (0: a [C, tokens] block, the weights [C, 1]; 1: [tokens, C],
-    the weights [1, C]) as flax computes it (in float32, or float64 for float64 tokens; variance
-    E[x^2] - E[x]^2): (normalised tokens in the tokens' dtype, x_hat, 1 / std)."""
-    x = x_ref[...].astype(accumulator(x_ref.dtype))
-    mean = x.mean(axis=axis, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.maximum((x * x).mean(axis=axis, keepdims=True) - mean * mean, 0.0) + eps)
-    xhat = (x - mean) * rstd
-    return (xhat * scale_ref[...] + shift_ref[...]).astype(x_ref.dtype), xhat, rstd
 
 
 def layer_norm_backward(dxn, xhat, rstd, scale_ref, axis: int = 0):

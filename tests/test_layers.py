@@ -22,10 +22,11 @@ def _set(module, **values):
 
 
 def _weights():
-    """Values no bfloat16 can hold, so a cast of them would show."""
+    """Values no bfloat16 can hold, so a cast of them would show; the same in every test."""
+    rng = np.random.default_rng(1)
     return {
-        "linear": {"kernel": RNG.standard_normal((24, 24)) * 0.2, "bias": RNG.uniform(-1, 1, 24) + 1e-3},
-        "norm": {"scale": 1.5 + RNG.uniform(0.001, 0.005, 24), "bias": RNG.uniform(-1, 1, 24) + 1e-3},
+        "linear": {"kernel": rng.standard_normal((24, 24)) * 0.2, "bias": rng.uniform(-1, 1, 24) + 1e-3},
+        "norm": {"scale": 1.5 + rng.uniform(0.001, 0.005, 24), "bias": rng.uniform(-1, 1, 24) + 1e-3},
     }
 
 
