@@ -32,6 +32,9 @@ class ModelConfig:
       swin: Video Swin size name ("tiny", "small", "base") or a SwinConfig.
       resnet_depth: 18 or 34.
       resnet_width: channels of the first ResNet stage (64; smaller for demos).
+      resnet_pairs: run the audio ResNet's stem and first stage on two MFCC chunks side by side in the
+        channels (`resnet.paired`): the same result, in the lanes of a TPU (`config_checks` turns it on
+        there); used when a clip's segment count is even.
       dim: joint feature size D (the paper's 512).
       visual_dropout: dropout on pooled Swin features (0.5).
       fusion: classifier fusion: "concat" (the paper), "sum", "gated" or "film".
@@ -47,6 +50,7 @@ class ModelConfig:
     swin: str | SwinConfig = "tiny"
     resnet_depth: int = 34
     resnet_width: int = 64
+    resnet_pairs: bool = False
     dim: int = 512
     visual_dropout: float = 0.5
     fusion: str = "concat"
@@ -104,10 +108,12 @@ class AudioBranch(nnx.Module):
         self.proj = torch_linear(self.backbone.num_features, cfg.dim, ("embed", "embed_out"), rngs, p)
         self.norm = batch_norm(cfg.dim, rngs, p)
         self.dtype = p.dtype
+        self.pairs = cfg.resnet_pairs
 
     def __call__(self, audio: jax.Array) -> jax.Array:
         b, s, t, d = audio.shape
-        x = self.backbone(constrain(audio.reshape(b * s, t, d, 1).astype(self.dtype), ("batch", None, None, None)))
+        x = constrain(audio.reshape(b * s, t, d, 1).astype(self.dtype), ("batch", None, None, None))
+        x = self.backbone(x, pairs=self.pairs and s % 2 == 0)  # Pairs within a clip: on one device.
         return constrain(jnp.tanh(self.norm(self.proj(x))).reshape(b, s, -1), ("batch", None, "embed"))
 
 

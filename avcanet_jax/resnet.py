@@ -2,6 +2,11 @@
 
 The audio branch uses it with a one-channel stem over MFCC chunks (SPEC §3); the standard RGB stem
 exists so that parity with torchvision's `resnet34` can be proved on the whole network.
+
+`ResNet.features(x, pairs=True)` runs the stem and the first stage on two inputs side by side in the
+channels, through block-diagonal copies of the same kernels, with BatchNorm statistics over both: the
+same arithmetic on a layout that fills a TPU's 128 lanes where the first stage's 64 channels fill half,
+for twice the multiplications (the other half of each kernel is zeros).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import normalization
 
@@ -63,7 +69,9 @@ class TorchBatchNorm(nnx.BatchNorm):
     `python -m avcanet_jax.aot --profile` on a v5e: 5.86 -> 4.56 million cycles).
     """
 
-    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None, pairs: int = 1):
+        """`pairs` > 1: `x`'s channels hold that many inputs side by side (see `paired`), normalised with
+        statistics over all of them, each by the same scale and bias."""
         running = self.use_running_average if use_running_average is None else use_running_average
         if mask is not None:
             return super().__call__(x, use_running_average, mask=mask)
@@ -72,18 +80,59 @@ class TorchBatchNorm(nnx.BatchNorm):
         (x,) = self.promote_dtype((x,), dtype=self.dtype)
         if running:
             mean, var = self.mean[...], self.var[...]
+        elif pairs > 1:
+            mean, var = self._paired_stats(x, reduction, pairs)
+            self._track(mean, var, math.prod(x.shape[i] for i in reduction) * pairs)
         else:
             mean, var = normalization._compute_stats(
                 x, reduction, dtype=self.dtype, axis_name=self.axis_name,
                 axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance,
             )  # fmt: skip
-            n = math.prod(x.shape[i] for i in reduction)
-            m = self.momentum
-            self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean.astype(self.mean.dtype))
-            unbiased = var * (n / max(n - 1, 1))
-            self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased.astype(self.var.dtype))
+            self._track(mean, var, math.prod(x.shape[i] for i in reduction))
         scale, bias = self.scale[...], self.bias[...]
+        if pairs > 1:
+            mean, var, scale, bias = (jnp.tile(v, pairs) for v in (mean, var, scale, bias))
         return normalization._normalize(x, mean, var, scale, bias, reduction, features, self.dtype, self.epsilon)
+
+    def _paired_stats(self, x, reduction, pairs: int):
+        """Flax's fast-variance statistics (E[x^2] - E[x]^2, in float32 at least) over every pair member:
+        the per-channel means of the paired layout, averaged over the members, which are equally many."""
+        if self.axis_name is not None or not self.use_fast_variance or self.num_features * pairs != x.shape[-1]:
+            raise ValueError("paired BatchNorm takes the last axis as features, without axis_name or slow variance")
+        x = x.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
+        mean = x.mean(reduction).reshape(pairs, -1).mean(0)
+        mean2 = (x * x).mean(reduction).reshape(pairs, -1).mean(0)
+        return mean, jnp.maximum(mean2 - mean * mean, 0.0)
+
+    def _track(self, mean, var, n: int):
+        """Running statistics as PyTorch keeps them: the variance unbiased over the `n` values per feature."""
+        m = self.momentum
+        self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean.astype(self.mean.dtype))
+        unbiased = var * (n / max(n - 1, 1))
+        self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * unbiased.astype(self.var.dtype))
+
+
+def paired(x: jax.Array) -> jax.Array:
+    """[2N, H, W, C] -> [N, H, W, 2C]: inputs 2n and 2n + 1 side by side in the channels."""
+    n, h, w, c = x.shape
+    return x.reshape(n // 2, 2, h, w, c).transpose(0, 2, 3, 1, 4).reshape(n // 2, h, w, 2 * c)
+
+
+def unpaired(x: jax.Array) -> jax.Array:
+    """The inverse of `paired`."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h, w, 2, c // 2).transpose(0, 3, 1, 2, 4).reshape(2 * n, h, w, c // 2)
+
+
+def paired_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv` (no bias, as every convolution here) on `paired` inputs: its kernel [kh, kw, I, O] as the
+    block-diagonal [kh, kw, 2I, 2O], so each input meets only its own channels."""
+    k = conv.kernel[...].astype(conv.dtype or x.dtype)
+    zero = jnp.zeros_like(k)
+    k = jnp.concatenate([jnp.concatenate([k, zero], 3), jnp.concatenate([zero, k], 3)], 2)
+    return jax.lax.conv_general_dilated(
+        x.astype(k.dtype), k, conv.strides, conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def batch_norm(dim: int, rngs: nnx.Rngs, precision: Precision, zero_init: bool = False) -> TorchBatchNorm:
@@ -118,10 +167,27 @@ class BasicBlock(nnx.Module):
                 )
             )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.nn.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        identity = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+    def __call__(self, x: jax.Array, pairs: bool = False, unpair: bool = False) -> jax.Array:
+        """`pairs`: `x` is `paired`, and so is the output unless `unpair`, which parts the pair after the
+        block's first convolutions (in the second stage's first block, whose doubled channels fill the
+        lanes by themselves)."""
+        if not pairs:
+            y = jax.nn.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            identity = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+            return jax.nn.relu(y + identity)
+        p = 1 if unpair else 2
+
+        def first(conv):
+            y = paired_conv(conv, x)
+            return unpaired(y) if unpair else y
+
+        y = jax.nn.relu(self.bn1(first(self.conv1), pairs=p))
+        y = self.bn2(self.conv2(y) if unpair else paired_conv(self.conv2, y), pairs=p)
+        if self.downsample is not None:
+            identity = self.downsample[1](first(self.downsample[0]), pairs=p)
+        else:
+            identity = unpaired(x) if unpair else x
         return jax.nn.relu(y + identity)
 
 
@@ -158,14 +224,19 @@ class ResNet(nnx.Module):
         self.num_features = cin
         self.fc = nnx.data(nnx.Linear(cin, num_classes, rngs=rngs) if num_classes else None)
 
-    def features(self, x: jax.Array) -> jax.Array:
-        x = jax.nn.relu(self.bn1(self.conv1(x)))
+    def features(self, x: jax.Array, pairs: bool = False) -> jax.Array:
+        """[N, H, W, C_in] -> [N, 8 * width]. `pairs` (N even): the stem and first stage on `paired` inputs,
+        parted in the second stage's first block; the same result, for a TPU (module docstring)."""
+        if pairs:
+            x = jax.nn.relu(self.bn1(paired_conv(self.conv1, paired(x)), pairs=2))
+        else:
+            x = jax.nn.relu(self.bn1(self.conv1(x)))
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for layer in self.layers:
-            for block in layer:
-                x = block(x)
+        for i, layer in enumerate(self.layers):
+            for j, block in enumerate(layer):
+                x = block(x, pairs=pairs and (i == 0 or (i, j) == (1, 0)), unpair=pairs and (i, j) == (1, 0))
         return x.mean(axis=(1, 2))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        feats = self.features(x)
+    def __call__(self, x: jax.Array, pairs: bool = False) -> jax.Array:
+        feats = self.features(x, pairs)
         return self.fc(feats) if self.fc is not None else feats

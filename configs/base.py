@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.swin = ml_collections.FieldReference("tiny", field_type=object)
     c.model.resnet_depth = 34
     c.model.resnet_width = 64
+    # The audio ResNet's stem and first stage on two MFCC chunks side by side in the channels: "auto" (on
+    # TPUs, whose 128 lanes the first stage's 64 channels fill by half), True or False. Same result.
+    c.model.resnet_pairs = ml_collections.FieldReference("auto", field_type=object)
     c.model.dim = 512
     c.model.fusion = "concat"
     c.model.modalities = "audio_visual"

@@ -111,3 +111,21 @@ def _flat(c, prefix=""):
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def test_resnet_pairs_are_on_for_tpus_by_default_and_can_be_set():
+    c = base.get_config()
+    assert c.model.resnet_pairs == "auto"
+    assert config_checks.model_config(c, platform="tpu").resnet_pairs is True
+    assert config_checks.model_config(c, platform="gpu").resnet_pairs is False
+    assert config_checks.model_config(c).resnet_pairs is False  # These tests run on CPU.
+    c.model.resnet_width = 128  # Already fills the lanes.
+    assert config_checks.model_config(c, platform="tpu").resnet_pairs is False
+    c.model.resnet_pairs = True
+    assert config_checks.model_config(c, platform="cpu").resnet_pairs is True
+    c.model.resnet_pairs = "yes"
+    with pytest.raises(config_checks.ConfigError, match=r"^config.model.resnet_pairs: 'yes'"):
+        config_checks.model_config(c, platform="tpu")
+    with c.unlocked():
+        del c.model["resnet_pairs"]  # A config.json written before the field existed.
+    assert config_checks.model_config(c, platform="tpu").resnet_pairs is False  # Width 128 still.
