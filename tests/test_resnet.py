@@ -48,8 +48,9 @@ def test_paired_resnet_is_the_plain_resnet(stem):
         x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 32, 16, stem.in_channels)))
         runs = []
         for pairs in (False, True):
-            model = ResNet(18, stem, nnx.Rngs(0), F64, width=8)
-            loss, grads = nnx.value_and_grad(lambda m, p=pairs: (m.features(x, p) ** 2).sum())(model)
+            model = ResNet(18, stem, nnx.Rngs(0), F64, width=4)
+            step = nnx.jit(nnx.value_and_grad(lambda m, p=pairs: (m.features(x, p) ** 2).sum()))
+            loss, grads = step(model)
             runs.append((loss, grads, nnx.state(model, nnx.BatchStat)))
         (loss, grads, stats), (loss_p, grads_p, stats_p) = runs
         np.testing.assert_allclose(loss_p, loss, rtol=1e-12)
@@ -67,6 +68,7 @@ def test_audio_branch_pairs_chunks_within_a_clip(segments):
     rounding, which BatchNorm over 3 or 4 chunks magnifies; a wrong pairing differs by whole units)."""
     cfg = ModelConfig(resnet_depth=18, resnet_width=8, dim=32, lgf=FusionConfig(dim=32, ffn_dim=32, heads=4, levels=2))
     audio = jnp.asarray(np.random.default_rng(2).standard_normal((1, segments, 32, 16)), jnp.float32)
-    plain = AudioBranch(cfg, nnx.Rngs(0))(audio)
-    pairs = AudioBranch(dataclasses.replace(cfg, resnet_pairs=True), nnx.Rngs(0))(audio)
+    run = nnx.jit(lambda branch, a: branch(a))
+    plain = run(AudioBranch(cfg, nnx.Rngs(0)), audio)
+    pairs = run(AudioBranch(dataclasses.replace(cfg, resnet_pairs=True), nnx.Rngs(0)), audio)
     np.testing.assert_allclose(pairs, plain, atol=2e-4)
