@@ -171,19 +171,16 @@ class BasicBlock(nnx.Module):
         """`pairs`: `x` is `paired`, and so is the output unless `unpair`, which parts the pair after the
         block's first convolutions (in the second stage's first block, whose doubled channels fill the
         lanes by themselves)."""
-        if not pairs:
-            y = jax.nn.relu(self.bn1(self.conv1(x)))
-            y = self.bn2(self.conv2(y))
-            identity = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
-            return jax.nn.relu(y + identity)
-        p = 1 if unpair else 2
+        p = 2 if pairs and not unpair else 1
 
-        def first(conv):
+        def first(conv):  # A convolution of the block's input.
+            if not pairs:
+                return conv(x)
             y = paired_conv(conv, x)
             return unpaired(y) if unpair else y
 
         y = jax.nn.relu(self.bn1(first(self.conv1), pairs=p))
-        y = self.bn2(self.conv2(y) if unpair else paired_conv(self.conv2, y), pairs=p)
+        y = self.bn2(paired_conv(self.conv2, y) if p == 2 else self.conv2(y), pairs=p)
         if self.downsample is not None:
             identity = self.downsample[1](first(self.downsample[0]), pairs=p)
         else:
